@@ -1,0 +1,165 @@
+"""End to end: `uniframework run` on digits writes the run directory; bad input exits 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from uniframework.cli import main
+
+from .conftest import TINY
+
+
+def test_run_writes_the_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "configs/demo.yaml", *TINY, "name=e2e", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"supervised.known_acc", "supervised.val_acc", "supervised.epochs"} <= set(metrics)
+    assert metrics["supervised.epochs"] == 3
+    assert metrics["supervised.known_acc"] > 0.4  # 5 classes: chance is 0.2
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["name"] == "e2e" and resolved["stages"][0]["supervised"]["lr"] == 0.003
+    for f in [
+        "checkpoints/supervised.safetensors",
+        "checkpoints/supervised/last.ckpt",
+        "checkpoints/supervised/best.ckpt",
+        "logs/supervised/csv/metrics.csv",
+        "state.json",
+    ]:
+        assert (out / f).is_file(), f
+    assert list((out / "logs/supervised/tensorboard").glob("events.out.tfevents.*"))
+
+    # a rerun skips the finished stage; --restart-from redoes it
+    capsys.readouterr()
+    assert main(["run", "configs/demo.yaml", *TINY, "name=e2e", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    state = json.loads((out / "state.json").read_text())
+    assert state["done"] == ["supervised"]
+    assert (
+        main(
+            [
+                "run",
+                "configs/demo.yaml",
+                *TINY,
+                "trainer.max_epochs=1",
+                "--out",
+                str(out),
+                "--restart-from",
+                "supervised",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((out / "metrics.json").read_text())["supervised.epochs"] == 1
+
+
+def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
+    assert main(["run", "configs/demo.yaml", "data.batchsize=3"]) == 2
+    err = capsys.readouterr().err
+    assert "data.batchsize" in err and "did you mean 'batch_size'" in err
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert (
+        main(
+            [
+                "run",
+                "configs/demo.yaml",
+                *TINY,
+                "data.dataset=imagefolder",
+                f"data.root={tmp_path / 'nothing'}",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["run", "configs/demo.yaml", "--restart-from", "pretrain"]) == 2
+
+
+def test_list_and_help_from_a_real_process():
+    out = subprocess.run(
+        [sys.executable, "-m", "uniframework", "list"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "resnet_tiny" in out and "imagefolder" in out and "supervised" in out
+    for cmd in ([], ["run"], ["demo"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "uniframework", *cmd, "--help"], capture_output=True, text=True
+        )
+        assert r.returncode == 0 and "usage:" in r.stdout
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "uniframework",
+            "run",
+            "configs/demo.yaml",
+            "model.backbone=nope_net",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "nope_net" in r.stderr
+
+
+@pytest.mark.slow
+def test_resume_after_the_process_is_killed(tmp_path):
+    """Kill a run after its first epoch checkpoint; the rerun resumes instead of restarting."""
+    import time
+
+    out = tmp_path / "run"
+    args = [
+        sys.executable,
+        "-m",
+        "uniframework",
+        "run",
+        "configs/demo.yaml",
+        *TINY,
+        "trainer.max_epochs=60",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "checkpoints/supervised/last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert last.exists() and not (out / "metrics.json").exists()
+    r = subprocess.run(
+        args[:-3] + ["trainer.max_epochs=3", "--out", str(out)], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["supervised.epochs"] == 3
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_with_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "uniframework",
+            "run",
+            "configs/demo.yaml",
+            *TINY,
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "world_size: 2" in r.stderr.lower() or "distributed_backend=gloo" in r.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"supervised.known_acc", "supervised.val_acc", "supervised.epochs"} <= set(metrics)
+    assert (out / "checkpoints/supervised.safetensors").is_file()
+    assert (out / "checkpoints/supervised/last.ckpt").is_file()

@@ -1,0 +1,81 @@
+"""`uniframework run | demo | list` — exit 0 on success, 2 on bad input with a message."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+from .errors import UserError
+
+EPILOG = "Overrides: key.sub=value, e.g. data.batch_size=32 stages.supervised.lr=0.01"
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")
+    p.add_argument("--restart-from", metavar="STAGE", help="redo STAGE and every stage after it")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="uniframework", description="Open-world visual recognition.", epilog=EPILOG
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the stages of a config", epilog=EPILOG)
+    r.add_argument("config", type=Path, help="YAML config file")
+    _add_run_args(r)
+    d = sub.add_parser("demo", help="the open-world loop on the embedded digits", epilog=EPILOG)
+    _add_run_args(d)
+    sub.add_parser("list", help="registered backbones, datasets and stages")
+    return p
+
+
+def demo_config() -> Path:
+    return Path(str(files("uniframework") / "configs" / "demo.yaml"))
+
+
+def cmd_run(config: Path | None, args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .pipeline import default_run_dir, run
+
+    cfg = load_config(config, args.overrides)
+    out = args.out or default_run_dir(cfg)
+    metrics = run(cfg, out, restart_from=args.restart_from)
+    if metrics:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+        print(f"run directory: {out}")
+    return 0
+
+
+def cmd_list() -> int:
+    from .pipeline import load_plugins
+    from .registry import BACKBONES, DATASETS, STAGES
+
+    load_plugins()
+    for title, reg in (("backbones", BACKBONES), ("datasets", DATASETS), ("stages", STAGES)):
+        print(f"{title}:")
+        for name, obj in reg.items():
+            doc = (obj.__doc__ or "").strip().splitlines()
+            print(f"  {name:<14} {doc[0] if doc else ''}")
+    print("  (model.backbone also takes any timm model name, e.g. convnext_atto)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[uniframework] %(message)s")
+    try:
+        if args.command == "list":
+            return cmd_list()
+        return cmd_run(demo_config() if args.command == "demo" else args.config, args)
+    except UserError as err:
+        print(f"uniframework: error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

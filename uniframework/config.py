@@ -1,0 +1,225 @@
+"""One validated, typed config from a YAML file plus `key.sub=value` overrides (dinov2 style).
+
+Top-level sections: `name`, `seed`, `data`, `model`, `trainer`, `stages` (an ordered list of
+`{stage name: options}`). Every section is a pydantic model with `extra="forbid"`, so an unknown
+key, a wrong type or an out-of-range value stops the run with a message naming the key; stage
+options are validated by the options model the stage registered (`uniframework.registry.STAGES`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import UserError, did_you_mean
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    dataset: str = "digits"
+    root: str | None = None  # dataset folder; None = the dataset's default (digits needs none)
+    download: bool = False  # cifar10/cifar100: fetch when missing (needs network)
+    image_size: int = Field(32, ge=8, le=1024)
+    # Open-world split: classes are ordered (sorted or seeded shuffle); the first `num_known`
+    # are known, the rest novel. None = every class is known (plain supervised learning).
+    num_known: int | None = Field(None, ge=1)
+    class_order: Literal["sorted", "random"] = "sorted"
+    labelled_fraction: float = Field(1.0, gt=0.0, le=1.0)  # of the known classes' train images
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # of the labelled images, held out
+    num_tasks: int = Field(1, ge=1)  # incremental tasks: task 0 = known, novel spread over rest
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # imagefolder without train/ and test/
+    max_per_class: int | None = Field(None, ge=1)  # subsample the train set (quick runs)
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+    augment: bool = True  # random crop (pad 1/8) + flip where the dataset allows it
+    in_memory: bool = True  # imagefolder: keep decoded images in memory after the scan
+    on_corrupt: Literal["skip", "error"] = "skip"
+
+
+class ModelConfig(Section):
+    backbone: str = "resnet18"  # a registered name (`uniframework list`) or any timm model name
+    small_input: bool = True  # ResNet: 3x3 stem, no max-pool, for 32 px images
+    patch_size: int | None = Field(None, ge=1)  # ViT: default = image_size // 8
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    weights: str | None = None  # a .safetensors file of backbone weights to start from
+    timm_kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to timm.create_model
+
+
+class TrainerConfig(Section):
+    """Passed through to `lightning.Trainer` (same names)."""
+
+    accelerator: str = "auto"
+    devices: int | str | list[int] = 1
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    precision: Literal[
+        "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"
+    ] = "32-true"
+    max_epochs: int = Field(10, ge=1)
+    max_steps: int = Field(-1, ge=-1)
+    limit_train_batches: int | float = Field(1.0, gt=0)
+    limit_val_batches: int | float = Field(1.0, ge=0)
+    check_val_every_n_epoch: int = Field(1, ge=1)
+    accumulate_grad_batches: int = Field(1, ge=1)
+    gradient_clip_val: float | None = Field(None, gt=0)
+    log_every_n_steps: int = Field(10, ge=1)
+    deterministic: bool | Literal["warn"] = "warn"
+    enable_progress_bar: bool = True
+
+
+class Config(Section):
+    name: str = Field("run", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    stages: list[dict[str, Any]] = Field(default_factory=lambda: [{"supervised": {}}])
+
+    def stage_list(self) -> list[tuple[str, BaseModel]]:
+        """The stages in order, each with its validated options model."""
+        return [_validate_stage(i, entry) for i, entry in enumerate(self.stages)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config (every default filled in), as written to `config.yaml`."""
+        out = self.model_dump(mode="json")
+        out["stages"] = [{name: opts.model_dump(mode="json")} for name, opts in self.stage_list()]
+        return out
+
+
+def _stage_registry():  # the stage modules register themselves on import
+    from .pipeline import load_plugins
+    from .registry import STAGES
+
+    load_plugins()
+    return STAGES
+
+
+def _validate_stage(index: int, entry: Any) -> tuple[str, BaseModel]:
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise UserError(
+            f"config key 'stages.{index}' must be a one-key mapping `STAGE: {{options}}`, "
+            f"got {entry!r}. Example:\nstages:\n  - supervised: {{lr: 0.001}}"
+        )
+    ((name, options),) = entry.items()
+    stage = _stage_registry().get(name)
+    try:
+        return name, stage.Options.model_validate(options or {})
+    except ValidationError as err:
+        raise UserError(_explain(err, stage.Options, prefix=f"stages.{index}.{name}")) from None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (nested) model at `loc`, for 'did you mean' suggestions."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        sub = getattr(field, "annotation", None) if field else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            break
+        model = sub
+    return list(model.model_fields)
+
+
+def _explain(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    """Turn pydantic's errors into one paragraph naming each bad key and how to fix it."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not str(p).startswith(("function-", "union")))
+        key = ".".join(str(p) for p in (prefix.split(".") if prefix else []) + list(loc))
+        if e["type"] == "extra_forbidden":
+            hint = did_you_mean(str(loc[-1]), _fields_at(model, loc[:-1]))
+            lines.append(f"config key '{key}' is not known{hint}")
+        else:
+            lines.append(f"config key '{key}' = {e.get('input')!r}: {e['msg']}")
+    return (
+        "invalid config:\n  - "
+        + "\n  - ".join(dict.fromkeys(lines))
+        + "\nFix the YAML file or the key=value override (see the config reference in README.md)."
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a', 'b', 'c'], value); the value is read as YAML (1e-3, true, [1, 2])."""
+    if "=" not in text:
+        raise UserError(f"override '{text}' has no '=': write overrides as key.sub=value")
+    key, _, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise UserError(f"override '{text}' has an empty key part: write key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise UserError(f"override '{text}': the value is not valid YAML ({err})") from None
+    return parts, value
+
+
+def _apply(tree: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
+    if parts[0] == "stages" and len(parts) >= 2:
+        stages = tree.setdefault("stages", [{"supervised": {}}])
+        if parts[1].isdigit():
+            i = int(parts[1])
+            if i >= len(stages):
+                raise UserError(f"override '{text}': there is no stage {i} ({len(stages)} stages)")
+            (name,) = stages[i].keys()
+        else:
+            name = parts[1]
+            hits = [i for i, s in enumerate(stages) if isinstance(s, dict) and name in s]
+            if not hits:
+                have = [next(iter(s)) for s in stages if isinstance(s, dict) and s]
+                raise UserError(
+                    f"override '{text}': the config has no stage '{name}'{did_you_mean(name, have)}"
+                    f". Stages in this config: {', '.join(have) or 'none'}."
+                )
+            i = hits[0]
+        if len(parts) == 2:
+            stages[i] = {name: value or {}}
+            return
+        node = stages[i].setdefault(name, {}) or {}
+        stages[i][name] = node
+        parts = parts[2:]
+    else:
+        node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise UserError(f"override '{text}': '{p}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read YAML (or start from defaults), apply overrides, validate everything."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file '{path}' does not exist: give the path to a YAML file")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"config file '{path}' is not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise UserError(f"config file '{path}' must hold a mapping of sections at the top")
+    for text in overrides:
+        parts, value = parse_override(text)
+        _apply(tree, parts, value, text)
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as err:
+        raise UserError(_explain(err, Config)) from None
+    cfg.stage_list()  # validate stage options now, not when the stage starts
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from .io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

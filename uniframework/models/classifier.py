@@ -1,0 +1,44 @@
+"""The one model shape every stage uses: backbone (features) -> linear head (logits)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import ModelConfig
+from ..io import load_matching, load_weights
+from .backbones import build_backbone
+
+
+class Classifier(nn.Module):
+    """`forward_features(x) -> [N, D]`, `forward_head(f) -> [N, C]`, `forward(x) -> logits`."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = backbone.num_features
+        self.head = nn.Linear(self.feature_dim, num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def build_classifier(cfg: ModelConfig, image_size: int, num_classes: int) -> Classifier:
+    """Classifier on a fresh backbone, started from `cfg.weights` (backbone only) when given."""
+    model = Classifier(build_backbone(cfg, image_size), num_classes)
+    if cfg.weights:
+        state, _ = load_weights(cfg.weights)
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k != "head.weight"}
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        load_matching(model.backbone, state, cfg.weights)
+    return model

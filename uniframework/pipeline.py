@@ -1,0 +1,139 @@
+"""Runs the stages of a config in order, passing artifacts through the run directory.
+
+Run directory (`runs/<name>/` unless given): `config.yaml` (resolved), `metrics.json` (flat
+`<stage>.<metric>` keys), `state.json` (finished stages, seconds per stage), `checkpoints/`,
+`logs/`, figures. A rerun skips finished stages and resumes a cut-off one from `last.ckpt`;
+`restart_from=STAGE` redoes that stage and every one after it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+import time
+from functools import cached_property
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.utilities import rank_zero_only
+
+from .config import Config, save_config
+from .data import OpenWorldData
+from .errors import UserError, did_you_mean
+from .io import load_matching, load_weights, read_json, save_weights, write_json
+from .registry import STAGES
+
+log = logging.getLogger(__name__)
+
+# Modules whose import registers backbones, datasets and stages.
+PLUGINS = [
+    "uniframework.models.backbones",
+    "uniframework.data.datasets",
+    "uniframework.supervised.stage",
+]
+
+
+def load_plugins() -> None:
+    for name in PLUGINS:
+        importlib.import_module(name)
+
+
+class RunContext:
+    """What a stage gets: the config, the run directory, the data, saved models."""
+
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+
+    @cached_property
+    def data(self) -> OpenWorldData:
+        return OpenWorldData.build(self.cfg.data, self.cfg.seed)
+
+    def weights_path(self, stage: str) -> Path:
+        return self.run_dir / "checkpoints" / f"{stage}.safetensors"
+
+    def save_model(self, stage: str, model: torch.nn.Module) -> Path:
+        """Safetensors weights of a stage's model, with what is needed to rebuild it."""
+        meta = {
+            "stage": stage,
+            "backbone": self.cfg.model.backbone,
+            "num_classes": getattr(model, "num_classes", None),
+            "class_order": self.data.split.class_order,
+            "class_names": self.data.class_names,
+        }
+        path = self.weights_path(stage)
+        save_weights(path, model.state_dict(), meta)
+        return path
+
+    def load_model(self, stage: str, model: torch.nn.Module) -> dict:
+        """Load a stage's weights into `model` (UserError on a mismatch); returns the metadata."""
+        path = self.weights_path(stage)
+        state, meta = load_weights(path)
+        load_matching(model, state, str(path))
+        return meta
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return Path("runs") / cfg.name
+
+
+def run(cfg: Config, run_dir: Path | None = None, restart_from: str | None = None) -> dict:
+    """Run every stage of `cfg`; returns the merged metrics."""
+    load_plugins()
+    run_dir = Path(run_dir or default_run_dir(cfg))
+    stages = cfg.stage_list()
+    names = [n for n, _ in stages]
+    if restart_from is not None and restart_from not in names:
+        raise UserError(
+            f"--restart-from '{restart_from}' is not a stage of this config"
+            f"{did_you_mean(restart_from, names)}; stages: {', '.join(names)}"
+        )
+    state = read_json(run_dir / "state.json", {"done": [], "seconds": {}})
+    metrics = read_json(run_dir / "metrics.json", {})
+    if restart_from is not None:
+        redo = names[names.index(restart_from) :]
+        state["done"] = [s for s in state["done"] if s not in redo]
+        metrics = {k: v for k, v in metrics.items() if k.split(".")[0] not in redo}
+        if rank_zero_only.rank == 0:
+            for s in redo:  # forget their checkpoints, so nothing resumes
+                shutil.rmtree(run_dir / "checkpoints" / s, ignore_errors=True)
+    if rank_zero_only.rank == 0:
+        _check_config_matches(cfg, run_dir, state)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    ctx = RunContext(cfg, run_dir)
+    for name, opts in stages:
+        if name in state["done"]:
+            log.info(
+                "stage %s: finished earlier, skipped (--restart-from %s redoes it)", name, name
+            )
+            continue
+        log.info("stage %s: starting (output in %s)", name, run_dir)
+        start = time.perf_counter()
+        result = STAGES.get(name).run(ctx, opts)
+        if rank_zero_only.rank != 0:
+            continue
+        metrics.update({f"{name}.{k}": v for k, v in result.items()})
+        state["done"].append(name)
+        state["seconds"][name] = round(time.perf_counter() - start, 2)
+        write_json(run_dir / "metrics.json", metrics)
+        write_json(run_dir / "state.json", state)
+        log.info("stage %s: done in %.1f s: %s", name, state["seconds"][name], result)
+    return metrics
+
+
+def _check_config_matches(cfg: Config, run_dir: Path, state: dict) -> None:
+    old = run_dir / "config.yaml"
+    if state["done"] and old.is_file():
+        before = yaml.safe_load(old.read_text())
+        if {k: v for k, v in before.items() if k != "trainer"} != {
+            k: v for k, v in cfg.to_dict().items() if k != "trainer"
+        }:
+            log.warning(
+                "the config differs from the one that produced the finished stages in %s; "
+                "they are kept — use --restart-from STAGE to redo them with the new config",
+                run_dir,
+            )

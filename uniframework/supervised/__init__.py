@@ -1,0 +1,1 @@
+"""Supervised stage: train a classifier on the known, labelled split."""

@@ -1,0 +1,65 @@
+"""The `supervised` stage: train on the known labelled split, keep the best weights, score them.
+
+Writes `checkpoints/supervised/{last,best}.ckpt` (Lightning, for resume) and
+`checkpoints/supervised.safetensors` (the classifier, for every later stage and `predict`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..models import build_classifier
+from ..registry import STAGES
+from ..training import best_state, extract, fit, make_trainer
+from .module import SupervisedModule, SupervisedOptions
+
+log = logging.getLogger(__name__)
+
+
+@STAGES.register("supervised")
+class SupervisedStage:
+    """Classifier over the known classes, trained with cross-entropy on Lightning."""
+
+    Options = SupervisedOptions
+
+    @staticmethod
+    def run(ctx, opts: SupervisedOptions) -> dict[str, float]:
+        data, cfg = ctx.data, ctx.cfg
+        model = build_classifier(cfg.model, cfg.data.image_size, data.split.num_known)
+        module = SupervisedModule(model, opts)
+        has_val = len(data.split.val) > 0
+        trainer = make_trainer(
+            cfg.trainer, ctx.run_dir, "supervised", opts.max_epochs, "val_acc" if has_val else None
+        )
+        train = data.loader(data.view("labelled", train=True), train=True)
+        val = data.loader(data.view("val")) if has_val else None
+        log.info(
+            "supervised: %s on %d labelled images of %d known classes -> %s",
+            cfg.model.backbone,
+            len(train.dataset),
+            data.split.num_known,
+            ctx.run_dir,
+        )
+        fit(trainer, module, train, val)
+        if not trainer.is_global_zero:
+            return {}
+        best = best_state(trainer)
+        if best is not None:
+            module.load_state_dict(best)
+        ctx.save_model("supervised", model)
+        test = extract(model, data.loader(data.view("test_known")))
+        metrics = {
+            "known_acc": accuracy(test["logits"], test["labels"]),
+            "epochs": trainer.current_epoch,
+            "num_params": sum(p.numel() for p in model.parameters()),
+        }
+        if has_val:
+            v = extract(model, val)
+            metrics["val_acc"] = accuracy(v["logits"], v["labels"])
+        return metrics
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean()) if len(labels) else float("nan")

@@ -1,0 +1,113 @@
+"""Lightning wiring every stage shares: the Trainer from the `trainer` section, checkpoints,
+loggers, resume from `last.ckpt`, and plain evaluation loops for features and logits."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from .config import TrainerConfig
+from .io import AtomicCheckpointIO
+
+log = logging.getLogger(__name__)
+
+
+def make_trainer(
+    cfg: TrainerConfig,
+    run_dir: Path,
+    stage: str,
+    max_epochs: int | None = None,
+    monitor: str | None = None,
+) -> L.Trainer:
+    """A Trainer writing `checkpoints/<stage>/{last,best}.ckpt` and `logs/<stage>/` (CSV + TB)."""
+    ckpt = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints" / stage,
+        filename="best",
+        monitor=monitor,
+        mode="max",
+        save_top_k=1 if monitor else 0,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    ckpt.CHECKPOINT_NAME_LAST = "last"
+    logs = run_dir / "logs"
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        max_epochs=max_epochs or cfg.max_epochs,
+        max_steps=cfg.max_steps,
+        limit_train_batches=cfg.limit_train_batches,
+        limit_val_batches=cfg.limit_val_batches,
+        check_val_every_n_epoch=cfg.check_val_every_n_epoch,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
+        gradient_clip_val=cfg.gradient_clip_val,
+        log_every_n_steps=cfg.log_every_n_steps,
+        deterministic=cfg.deterministic,
+        enable_progress_bar=cfg.enable_progress_bar,
+        num_sanity_val_steps=0,
+        callbacks=[ckpt],
+        logger=[
+            CSVLogger(logs / stage, name="", version="csv"),
+            TensorBoardLogger(logs / stage, name="", version="tensorboard"),
+        ],
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=run_dir,
+    )
+
+
+def fit(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    train: DataLoader,
+    val: DataLoader | None,
+) -> None:
+    """`trainer.fit`, resuming from `last.ckpt` when an earlier run of this stage was cut off."""
+    last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+    resume = str(last) if last.is_file() else None
+    if resume:
+        log.info("resuming from %s", last)
+    trainer.fit(module, train, val, ckpt_path=resume)
+
+
+def best_state(trainer: L.Trainer) -> dict[str, torch.Tensor] | None:
+    """The LightningModule state of the best checkpoint (None when none was kept)."""
+    path = trainer.checkpoint_callback.best_model_path
+    if not path or not Path(path).is_file():
+        return None
+    return AtomicCheckpointIO().load_checkpoint(path)["state_dict"]
+
+
+def warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """LR multiplier: linear warm-up for `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def extract(
+    model: torch.nn.Module, loader: DataLoader, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Features [N, D], logits [N, C], labels [N] and dataset indices [N] over a loader."""
+    was_training = model.training
+    model.eval().to(device)
+    out: dict[str, list[torch.Tensor]] = {"features": [], "logits": [], "labels": [], "index": []}
+    for x, y, idx in loader:
+        f = model.forward_features(x.to(device))
+        out["features"].append(f.float().cpu())
+        out["logits"].append(model.forward_head(f).float().cpu())
+        out["labels"].append(y)
+        out["index"].append(idx)
+    model.train(was_training)
+    return {k: torch.cat(v) for k, v in out.items()}
