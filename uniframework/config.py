@@ -66,6 +66,7 @@ class TrainerConfig(Section):
     ] = "32-true"
     max_epochs: int = Field(10, ge=1)
     max_steps: int = Field(-1, ge=-1)
+    max_time: str | None = Field(None, pattern=r"^\d{2}:\d{2}:\d{2}:\d{2}$")  # DD:HH:MM:SS
     limit_train_batches: int | float = Field(1.0, gt=0)
     limit_val_batches: int | float = Field(1.0, ge=0)
     check_val_every_n_epoch: int = Field(1, ge=1)

@@ -46,6 +46,7 @@ def make_trainer(
         precision=cfg.precision,
         max_epochs=max_epochs or cfg.max_epochs,
         max_steps=cfg.max_steps,
+        max_time=cfg.max_time,
         limit_train_batches=cfg.limit_train_batches,
         limit_val_batches=cfg.limit_val_batches,
         check_val_every_n_epoch=cfg.check_val_every_n_epoch,
