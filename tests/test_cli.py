@@ -19,6 +19,13 @@ def test_run_writes_the_run_directory(tmp_path, capsys):
     assert {"supervised.known_acc", "supervised.val_acc", "supervised.epochs"} <= set(metrics)
     assert metrics["supervised.epochs"] == 3
     assert metrics["supervised.known_acc"] > 0.4  # 5 classes: chance is 0.2
+    for scorer in ("msp", "maxlogit", "energy", "energy_weibull", "mahalanobis", "knn"):
+        for m in ("auroc", "fpr95", "aupr_in", "aupr_out", "oscr"):
+            assert 0.0 <= metrics[f"openset.{scorer}.{m}"] <= 1.0
+    assert metrics["openset.auroc"] == metrics["openset.energy_weibull.auroc"]
+    assert metrics["openset.energy.auroc"] > 0.6  # clearly better than chance, even this tiny
+    for f in ("openset/detector.json", "openset/energy_hist.png", "openset/roc.png"):
+        assert (out / f).is_file(), f
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["name"] == "e2e" and resolved["stages"][0]["supervised"]["lr"] == 0.003
     for f in [
@@ -36,7 +43,7 @@ def test_run_writes_the_run_directory(tmp_path, capsys):
     assert main(["run", "configs/demo.yaml", *TINY, "name=e2e", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text()) == metrics
     state = json.loads((out / "state.json").read_text())
-    assert state["done"] == ["supervised"]
+    assert state["done"] == ["supervised", "openset"]
     assert (
         main(
             [

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # Modules whose import registers backbones, datasets and stages.
 PLUGINS = [
+    "uniframework.openset.stage",
     "uniframework.models.backbones",
     "uniframework.data.datasets",
     "uniframework.supervised.stage",

@@ -112,7 +112,13 @@ class WeibullIdentifier:
         r = np.clip(np.nan_to_num(r, nan=0.0), -LOG_RATIO_CAP, LOG_RATIO_CAP)
         return torch.from_numpy(r).float().to(e.device)
 
-    score = log_density_ratio
+    def score(self, energy: Tensor) -> Tensor:
+        """Ranking score (higher = more unknown): the log density ratio, where it saturates
+        (outside a Weibull's support, +-LOG_RATIO_CAP) broken by the energy itself, so samples
+        far out on either side keep their order. Decisions (`predict_unknown`) are unchanged."""
+        r = self.log_density_ratio(energy)
+        e = torch.as_tensor(energy, dtype=r.dtype, device=r.device)
+        return torch.where(r.abs() >= LOG_RATIO_CAP, r + e.clamp(-1e3, 1e3), r)
 
     def predict_unknown(self, energy: Tensor) -> Tensor:
         """``[N]`` energies -> ``[N]`` bool, True where the unknown density wins."""

@@ -1,0 +1,160 @@
+"""The `openset` stage: fit unknown detectors on the supervised model and score them.
+
+Fitting data (no novel label is ever used):
+- the labelled known train images (clean views): class statistics for Mahalanobis, the KNN bank;
+- the held-out known images (`val`) and ORE-style *auto-labelled unknowns*: the fraction of the
+  unlabelled pool the model judges least known (highest energy) — the Weibull fits of ORE.
+Evaluation: test images of the known classes (known) against those of the novel ones (unknown).
+
+Writes `openset/detector.json` (the chosen detector's state, for `predict` and `discover`),
+`openset/energy_hist.png` and `openset/roc.png`; metrics `openset.<scorer>.<metric>` and
+`openset.auroc` etc. for the chosen detector.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from ..config import Section
+from ..errors import UserError
+from ..io import write_json
+from ..models import build_classifier
+from ..registry import STAGES
+from ..training import extract
+from .metrics import openset_metrics
+from .scores import SCORERS, energy_score, make_scorer
+from .weibull import EnergyWeibullScorer
+
+log = logging.getLogger(__name__)
+
+ScorerName = Literal["msp", "maxlogit", "energy", "energy_weibull", "mahalanobis", "knn"]
+
+
+class OpensetOptions(Section):
+    """Options of the `openset` stage."""
+
+    scorers: list[ScorerName] = Field(
+        default_factory=lambda: [
+            "msp",
+            "maxlogit",
+            "energy",
+            "energy_weibull",
+            "mahalanobis",
+            "knn",
+        ]
+    )
+    detector: ScorerName = "energy_weibull"  # saved for predict / discover
+    temperature: float = Field(1.5, gt=0)  # energy temperature T (ORE's official value)
+    knn_k: int = Field(20, ge=1)
+    unknown_fraction: float = Field(0.3, gt=0, le=1)  # of the pool auto-labelled as unknown
+    figures: bool = True
+
+    @model_validator(mode="after")
+    def _detector_is_scored(self) -> OpensetOptions:
+        if self.detector not in self.scorers:
+            raise ValueError(f"detector '{self.detector}' must be one of scorers {self.scorers}")
+        return self
+
+
+def auto_label_unknowns(logits: torch.Tensor, fraction: float, temperature: float) -> torch.Tensor:
+    """Indices of the `fraction` of samples with the highest energy score (least known)."""
+    k = max(3, int(round(fraction * len(logits))))
+    return energy_score(logits, temperature).topk(min(k, len(logits))).indices
+
+
+def _scorer(name: str, opts: OpensetOptions, num_known: int):
+    if name == "energy_weibull":
+        return EnergyWeibullScorer(temperature=opts.temperature, num_known=num_known)
+    if name == "energy":
+        return make_scorer(name, temperature=opts.temperature)
+    return make_scorer(name, k=opts.knn_k) if name == "knn" else make_scorer(name)
+
+
+@STAGES.register("openset")
+class OpensetStage:
+    """Unknown detection: MSP, MaxLogit, Energy, Energy + Weibull (ORE), Mahalanobis, KNN."""
+
+    Options = OpensetOptions
+
+    @staticmethod
+    def run(ctx, opts: OpensetOptions) -> dict[str, float]:
+        from lightning.pytorch.utilities import rank_zero_only
+
+        if rank_zero_only.rank != 0:  # small, single-process work: rank 0 does it
+            return {}
+        data, cfg = ctx.data, ctx.cfg
+        split = data.split
+        if not split.novel:
+            raise UserError(
+                "the openset stage needs novel classes to evaluate against: set data.num_known "
+                f"below the {split.num_classes} classes of the dataset"
+            )
+        model = build_classifier(cfg.model, cfg.data.image_size, split.num_known)
+        ctx.load_model("supervised", model)
+        run = lambda part: extract(model, data.loader(data.view(part)))  # noqa: E731
+        train, val, pool, test = run("labelled"), run("val"), run("unlabelled"), run("test")
+        if len(val["labels"]) < 3:
+            raise UserError(
+                "the openset stage needs held-out known images: set data.val_fraction > 0"
+            )
+        auto = auto_label_unknowns(pool["logits"], opts.unknown_fraction, opts.temperature)
+        calib = {
+            "features": torch.cat([val["features"], pool["features"][auto]]),
+            "logits": torch.cat([val["logits"], pool["logits"][auto]]),
+            "labels": torch.cat([val["labels"], torch.full((len(auto),), -1)]),
+        }
+        is_unknown = test["labels"] >= split.num_known
+        known_correct = test["logits"].argmax(1) == test["labels"]
+        metrics, scores, fitted = {}, {}, {}
+        for name in opts.scorers:
+            scorer = _scorer(name, opts, split.num_known)
+            fit_on = calib if name == "energy_weibull" else train
+            scorer.fit(fit_on["features"], fit_on["logits"], fit_on["labels"])
+            s = scorer.score(test["features"], test["logits"])
+            pred = scorer.predict_unknown(test["logits"]) if name == "energy_weibull" else None
+            m = openset_metrics(s, is_unknown, known_correct, pred)
+            metrics.update({f"{name}.{k}": v for k, v in m.items()})
+            scores[name], fitted[name] = s, scorer
+        metrics.update({k: metrics[f"{opts.detector}.{k}"] for k in ("auroc", "fpr95", "oscr")})
+        metrics["known_acc"] = float(known_correct[~is_unknown].float().mean())
+        metrics["auto_unknowns"] = len(auto)
+        metrics["auto_unknowns_truly_novel"] = float(
+            (
+                data.split.remap(data.train.targets[pool["index"][auto].numpy()]) >= split.num_known
+            ).mean()
+        )
+        out = ctx.run_dir / "openset"
+        write_json(out / "detector.json", _detector_state(opts.detector, fitted[opts.detector]))
+        if opts.figures:
+            from .figures import energy_histogram, roc_curves
+
+            energy_histogram(
+                test["logits"],
+                is_unknown,
+                fitted.get("energy_weibull"),
+                opts.temperature,
+                out / "energy_hist.png",
+            )
+            roc_curves(scores, is_unknown, out / "roc.png")
+        log.info(
+            "openset: %s AUROC %.4f (known %d / unknown %d test images)",
+            opts.detector,
+            metrics["auroc"],
+            int((~is_unknown).sum()),
+            int(is_unknown.sum()),
+        )
+        return metrics
+
+
+def _detector_state(name: str, scorer) -> dict:
+    """JSON state of the saved detector (logit/energy scorers only need their options)."""
+    state = {"name": name, "available": sorted(SCORERS)}
+    if hasattr(scorer, "state_dict"):
+        state["state"] = scorer.state_dict()
+    elif hasattr(scorer, "temperature"):
+        state["state"] = {"temperature": scorer.temperature}
+    return state
