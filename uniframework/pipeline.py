@@ -24,6 +24,7 @@ from .config import Config, save_config
 from .data import OpenWorldData
 from .errors import UserError, did_you_mean
 from .io import load_matching, load_weights, read_json, save_weights, write_json
+from .models import Classifier, build_classifier
 from .registry import STAGES
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,10 @@ class RunContext:
     def weights_path(self, stage: str) -> Path:
         return self.run_dir / "checkpoints" / f"{stage}.safetensors"
 
-    def save_model(self, stage: str, model: torch.nn.Module) -> Path:
+    def save_model(self, stage: str, model: torch.nn.Module, **extra) -> Path:
         """Safetensors weights of a stage's model, with what is needed to rebuild it."""
         meta = {
+            **extra,
             "stage": stage,
             "backbone": self.cfg.model.backbone,
             "num_classes": getattr(model, "num_classes", None),
@@ -74,6 +76,12 @@ class RunContext:
         state, meta = load_weights(path)
         load_matching(model, state, str(path))
         return meta
+
+    def load_classifier(self, stage: str) -> tuple[Classifier, dict]:
+        """Rebuild a stage's classifier (its class count from the file) and load its weights."""
+        _, meta = load_weights(self.weights_path(stage))
+        model = build_classifier(self.cfg.model, self.cfg.data.image_size, meta["num_classes"])
+        return model, self.load_model(stage, model)
 
 
 def default_run_dir(cfg: Config) -> Path:

@@ -22,7 +22,6 @@ from pydantic import Field, model_validator
 from ..config import Section
 from ..errors import UserError
 from ..io import write_json
-from ..models import build_classifier
 from ..registry import STAGES
 from ..training import extract
 from .metrics import openset_metrics
@@ -31,6 +30,7 @@ from .weibull import EnergyWeibullScorer
 
 log = logging.getLogger(__name__)
 
+PARTS = ("labelled", "val", "unlabelled", "test")
 ScorerName = Literal["msp", "maxlogit", "energy", "energy_weibull", "mahalanobis", "knn"]
 
 
@@ -86,17 +86,20 @@ class OpensetStage:
 
         if rank_zero_only.rank != 0:  # small, single-process work: rank 0 does it
             return {}
-        data, cfg = ctx.data, ctx.cfg
+        data = ctx.data
         split = data.split
         if not split.novel:
             raise UserError(
                 "the openset stage needs novel classes to evaluate against: set data.num_known "
                 f"below the {split.num_classes} classes of the dataset"
             )
-        model = build_classifier(cfg.model, cfg.data.image_size, split.num_known)
-        ctx.load_model("supervised", model)
-        run = lambda part: extract(model, data.loader(data.view(part)))  # noqa: E731
-        train, val, pool, test = run("labelled"), run("val"), run("unlabelled"), run("test")
+        model, _ = ctx.load_classifier("supervised")
+        k = split.num_known
+        outputs = {p: extract(model, data.loader(data.view(p))) for p in PARTS}
+        unknown_prob = {p: o["logits"].softmax(1)[:, k] for p, o in outputs.items()}
+        for o in outputs.values():  # scorers see the known classes' logits only
+            o["logits"] = o["logits"][:, :k]
+        train, val, pool, test = (outputs[p] for p in PARTS)
         if len(val["labels"]) < 3:
             raise UserError(
                 "the openset stage needs held-out known images: set data.val_fraction > 0"
@@ -119,7 +122,11 @@ class OpensetStage:
             m = openset_metrics(s, is_unknown, known_correct, pred)
             metrics.update({f"{name}.{k}": v for k, v in m.items()})
             scores[name], fitted[name] = s, scorer
-        metrics.update({k: metrics[f"{opts.detector}.{k}"] for k in ("auroc", "fpr95", "oscr")})
+        if model.num_classes > k:  # ORE's extra "unknown" output, as one more scorer
+            scores["unknown_class"] = unknown_prob["test"]
+            m = openset_metrics(scores["unknown_class"], is_unknown, known_correct)
+            metrics.update({f"unknown_class.{n}": v for n, v in m.items()})
+        metrics.update({m: metrics[f"{opts.detector}.{m}"] for m in ("auroc", "fpr95", "oscr")})
         metrics["known_acc"] = float(known_correct[~is_unknown].float().mean())
         metrics["auto_unknowns"] = len(auto)
         metrics["auto_unknowns_truly_novel"] = float(

@@ -1,4 +1,15 @@
-"""Supervised training of the classifier on the known, labelled split (a LightningModule)."""
+"""Supervised training of the classifier on the known, labelled split (a LightningModule).
+
+Two ORE components (Joseph et al., CVPR 2021) are options:
+- `contrastive`: contrastive clustering of the penultimate feature around class prototypes
+  (`prototypes.py`): a feature store fills from the first step; from `contrastive_start_epoch`
+  the prototypes start as the store means and then follow them with momentum every
+  `prototype_every` steps, and the hinge loss (weight `contrastive_weight`) is added.
+- `unknown_class`: one extra output, "unknown" (label = num_known). Each step also draws a batch
+  from the unlabelled pool; the `unknown_topk` samples the model judges least known (highest
+  energy over the known logits, or farthest from every prototype) are trained as unknown —
+  ORE's auto-labelling, transplanted from RPN proposals to the unlabelled pool.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +24,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..config import Section
 from ..errors import UserError
 from ..models import Classifier
+from ..openset.scores import energy_score
 from ..training import warmup_cosine
+from .prototypes import FeatureStore, contrastive_clustering_loss, update_prototypes
 
 
 class SupervisedOptions(Section):
@@ -26,24 +39,91 @@ class SupervisedOptions(Section):
     warmup_epochs: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     max_epochs: int | None = Field(None, ge=1)  # None = trainer.max_epochs
+    # ORE contrastive clustering (paper: margin 10, queue 20 per class, momentum 0.99)
+    contrastive: bool = False
+    contrastive_weight: float = Field(0.1, ge=0)
+    contrastive_margin: float = Field(10.0, gt=0)
+    store_size: int = Field(20, ge=1)  # features kept per class
+    prototype_momentum: float = Field(0.99, ge=0, le=1)
+    prototype_every: int = Field(10, ge=1)  # steps between prototype updates
+    contrastive_start_epoch: int = Field(1, ge=0)
+    # ORE auto-labelled unknown class
+    unknown_class: bool = False
+    unknown_topk: int = Field(1, ge=1)  # pool samples per batch trained as unknown
+    unknown_by: Literal["energy", "prototype"] = "energy"
+    unknown_weight: float = Field(1.0, ge=0)
+
+
+def least_known(
+    features: torch.Tensor, known_logits: torch.Tensor, k: int, by: str, prototypes=None
+) -> torch.Tensor:
+    """Indices of the k samples judged least known: highest energy, or farthest prototype."""
+    if by == "prototype" and prototypes is not None:
+        score = torch.cdist(features.float(), prototypes.float()).min(1).values
+    else:
+        score = energy_score(known_logits.float())
+    return score.topk(min(k, len(score))).indices
 
 
 class SupervisedModule(L.LightningModule):
-    """Cross-entropy on known labels; torchmetrics accuracy; warm-up + cosine LR per step."""
+    """Cross-entropy on known labels (+ ORE options); torchmetrics accuracy; warm-up + cosine."""
 
-    def __init__(self, model: Classifier, opts: SupervisedOptions) -> None:
+    def __init__(self, model: Classifier, opts: SupervisedOptions, num_known: int) -> None:
         super().__init__()
-        self.model, self.opts = model, opts
+        self.model, self.opts, self.num_known = model, opts, num_known
         self.train_acc = MulticlassAccuracy(model.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(model.num_classes, average="micro")
+        if opts.contrastive or opts.unknown_by == "prototype":
+            self.store = FeatureStore(num_known, model.feature_dim, opts.store_size)
+            self.register_buffer("prototypes", torch.zeros(num_known, model.feature_dim))
+            self.register_buffer("prototypes_ready", torch.tensor(False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def _prototype_step(self, features: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """Fill the store; update prototypes (all ranks alike); the clustering loss once live."""
+        self.store.update(features.detach(), y)
+        if self.current_epoch < self.opts.contrastive_start_epoch:
+            return None
+        if self.global_step % self.opts.prototype_every == 0 or not self.prototypes_ready:
+            means, valid = self.store.means(sync=True)  # all-reduced under DDP
+            momentum = self.opts.prototype_momentum if self.prototypes_ready else 0.0
+            self.prototypes.copy_(update_prototypes(self.prototypes, means, momentum, valid))
+            self.prototypes_ready.fill_(True)
+        if not self.opts.contrastive:
+            return None
+        return contrastive_clustering_loss(
+            features, y, self.prototypes, self.opts.contrastive_margin
+        )
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y, _ = batch
-        logits = self.model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.opts.label_smoothing)
+        o = self.opts
+        x, y, _ = batch["labelled"] if isinstance(batch, dict) else batch
+        features = self.model.forward_features(x)
+        logits = self.model.forward_head(features)
+        loss = F.cross_entropy(logits, y, label_smoothing=o.label_smoothing)
+        if hasattr(self, "store"):
+            cc = self._prototype_step(features, y)
+            if cc is not None:
+                self.log("train_cluster_loss", cc, on_epoch=True, on_step=False)
+                loss = loss + o.contrastive_weight * cc
+        if o.unknown_class and isinstance(batch, dict):
+            xu = batch["pool"][0]
+            fu = self.model.forward_features(xu)
+            lu = self.model.forward_head(fu)
+            ready = getattr(self, "prototypes_ready", False)
+            pick = least_known(
+                fu.detach(),
+                lu[:, : self.num_known].detach(),
+                o.unknown_topk,
+                o.unknown_by,
+                self.prototypes if ready else None,
+            )
+            target = torch.full((len(pick),), self.num_known, device=xu.device)
+            unk = F.cross_entropy(lu[pick], target)
+            self.log("train_unknown_loss", unk, on_epoch=True, on_step=False)
+            loss = loss + o.unknown_weight * unk
         if not torch.isfinite(loss):
             raise UserError(
                 f"the supervised loss became {loss.item()} at step {self.global_step}: lower "

@@ -10,6 +10,8 @@ import logging
 
 import torch
 
+from ..errors import UserError
+from ..io import save_weights
 from ..models import build_classifier
 from ..registry import STAGES
 from ..training import best_state, extract, fit, make_trainer
@@ -27,19 +29,28 @@ class SupervisedStage:
     @staticmethod
     def run(ctx, opts: SupervisedOptions) -> dict[str, float]:
         data, cfg = ctx.data, ctx.cfg
-        model = build_classifier(cfg.model, cfg.data.image_size, data.split.num_known)
-        module = SupervisedModule(model, opts)
+        k = data.split.num_known
+        model = build_classifier(cfg.model, cfg.data.image_size, k + opts.unknown_class)
+        module = SupervisedModule(model, opts, k)
         has_val = len(data.split.val) > 0
         trainer = make_trainer(
             cfg.trainer, ctx.run_dir, "supervised", opts.max_epochs, "val_acc" if has_val else None
         )
         train = data.loader(data.view("labelled", train=True), train=True)
+        if opts.unknown_class:  # a pool batch beside every labelled batch (labels hidden)
+            pool = data.view("unlabelled", train=True, hide_labels=True)
+            if len(pool) == 0:
+                raise UserError(
+                    "stages.supervised.unknown_class needs an unlabelled pool: set "
+                    "data.num_known below the class count or data.labelled_fraction below 1"
+                )
+            train = {"labelled": train, "pool": data.loader(pool, train=True)}
         val = data.loader(data.view("val")) if has_val else None
         log.info(
             "supervised: %s on %d labelled images of %d known classes -> %s",
             cfg.model.backbone,
-            len(train.dataset),
-            data.split.num_known,
+            len(data.split.labelled),
+            k,
             ctx.run_dir,
         )
         fit(trainer, module, train, val)
@@ -48,16 +59,24 @@ class SupervisedStage:
         best = best_state(trainer)
         if best is not None:
             module.load_state_dict(best)
-        ctx.save_model("supervised", model)
+        ctx.save_model("supervised", model, num_known=k)
+        if hasattr(module, "prototypes"):
+            save_weights(
+                ctx.run_dir / "checkpoints" / "supervised_prototypes.safetensors",
+                {"prototypes": module.prototypes},
+                {"num_known": k},
+            )
         test = extract(model, data.loader(data.view("test_known")))
         metrics = {
-            "known_acc": accuracy(test["logits"], test["labels"]),
+            "known_acc": accuracy(test["logits"][:, :k], test["labels"]),
             "epochs": trainer.current_epoch,
             "num_params": sum(p.numel() for p in model.parameters()),
         }
+        if opts.unknown_class:  # known test images the extra output claims
+            metrics["known_as_unknown"] = float((test["logits"].argmax(1) == k).float().mean())
         if has_val:
             v = extract(model, val)
-            metrics["val_acc"] = accuracy(v["logits"], v["labels"])
+            metrics["val_acc"] = accuracy(v["logits"][:, :k], v["labels"])
         return metrics
 
 
