@@ -96,7 +96,7 @@ class OpensetStage:
         model, _ = ctx.load_classifier("supervised")
         k = split.num_known
         outputs = {p: extract(model, data.loader(data.view(p))) for p in PARTS}
-        unknown_prob = {p: o["logits"].softmax(1)[:, k] for p, o in outputs.items()}
+        unknown_prob = outputs["test"]["logits"].softmax(1)[:, -1]  # read if num_classes > k
         for o in outputs.values():  # scorers see the known classes' logits only
             o["logits"] = o["logits"][:, :k]
         train, val, pool, test = (outputs[p] for p in PARTS)
@@ -123,7 +123,7 @@ class OpensetStage:
             metrics.update({f"{name}.{k}": v for k, v in m.items()})
             scores[name], fitted[name] = s, scorer
         if model.num_classes > k:  # ORE's extra "unknown" output, as one more scorer
-            scores["unknown_class"] = unknown_prob["test"]
+            scores["unknown_class"] = unknown_prob
             m = openset_metrics(scores["unknown_class"], is_unknown, known_correct)
             metrics.update({f"unknown_class.{n}": v for n, v in m.items()})
         metrics.update({m: metrics[f"{opts.detector}.{m}"] for m in ("auroc", "fpr95", "oscr")})
