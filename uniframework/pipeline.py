@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # Modules whose import registers backbones, datasets and stages.
 PLUGINS = [
+    "uniframework.pretrain.stage",
     "uniframework.openset.stage",
     "uniframework.models.backbones",
     "uniframework.data.datasets",

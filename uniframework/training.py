@@ -58,12 +58,21 @@ def make_trainer(
         num_sanity_val_steps=0,
         callbacks=[ckpt],
         logger=[
-            CSVLogger(logs / stage, name="", version="csv"),
+            CSVLogger(logs / stage, name="", version=_fresh(logs / stage, "csv")),
             TensorBoardLogger(logs / stage, name="", version="tensorboard"),
         ],
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
     )
+
+
+def _fresh(folder: Path, name: str) -> str:
+    """`name`, or `name-2`, `name-3`... when a cut-off run already wrote there (Lightning's
+    CSV logger would otherwise overwrite the earlier epochs' rows on resume)."""
+    n = 1
+    while (folder / (name if n == 1 else f"{name}-{n}")).exists():
+        n += 1
+    return name if n == 1 else f"{name}-{n}"
 
 
 def fit(

@@ -1,0 +1,186 @@
+"""The `pretrain` stage: self-supervised masked image modelling on every train image, no labels.
+
+Trains the method (`mae` | `simmim`, see `module.METHODS`) on the labelled, val and unlabelled
+train images with their labels hidden, then exports the encoder as weights of the configured
+backbone (`build_backbone(cfg.model, image_size)`, strict: every key, every shape) to
+`checkpoints/pretrain.safetensors`, where the `supervised` stage picks them up. Also writes
+`checkpoints/pretrain/last.ckpt` (resume), `logs/pretrain/` and, per epoch,
+`pretrain/recon_epoch{N:03d}.png`. Metrics: `final_loss` (mean loss of the last epoch) and the
+frozen-feature `knn_acc` / `linear_acc` on the known test images (`evaluation.py`).
+
+Augmentation is the method's own (random resized crop over `crop_scale`, flip where the dataset
+allows it); `data.augment` does not apply here. A Swin backbone (SimMIM only) is any timm Swin
+name with its geometry in `model.timm_kwargs`; the encoder is read off that model, so the
+pretrain stage needs no architecture options of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+
+import numpy as np
+import torch.nn as nn
+from pydantic import Field, field_validator
+
+from ..config import Config, Section
+from ..data import UNKNOWN, OpenWorldData, View, make_transform
+from ..errors import UserError, did_you_mean
+from ..io import load_matching
+from ..models import build_backbone
+from ..registry import STAGES
+from ..training import fit, make_trainer
+from .evaluation import evaluate
+from .figures import ReconstructionFigures
+from .module import METHODS, Method, PretrainModule, Recipe
+
+log = logging.getLogger(__name__)
+
+
+class PretrainOptions(Section):
+    """Options of the `pretrain` stage; None = the method's paper default (see `module.py`)."""
+
+    method: str = "mae"  # mae | simmim (any name in module.METHODS)
+    mask_ratio: float | None = Field(None, gt=0, lt=1)  # mae 0.75, simmim 0.6
+    mask_patch_size: int | None = Field(None, ge=1)  # simmim; None = image_size // 4
+    decoder_dim: int = Field(128, ge=32, multiple_of=32)  # mae; paper (ViT-B) 512, heads = dim/32
+    decoder_depth: int = Field(2, ge=1)  # mae; paper (ViT-B) 8
+    norm_pix_loss: bool = True  # mae: per-patch normalised targets (paper default)
+    base_lr: float | None = Field(None, gt=0)  # lr = base_lr * batch / 256; mae 1.5e-4, simmim 1e-4
+    weight_decay: float = Field(0.05, ge=0)  # both papers
+    betas: tuple[float, float] | None = None  # mae (0.9, 0.95), simmim (0.9, 0.999)
+    warmup_epochs: float | None = Field(None, ge=0)  # None = paper share: mae 40/800, simmim 10/100
+    max_epochs: int | None = Field(None, ge=1)  # None = trainer.max_epochs
+    crop_scale: tuple[float, float] | None = None  # mae (0.2, 1), simmim (0.67, 1)
+    clip_grad: float | None = Field(None, ge=0)  # max grad norm; mae 0 (off), simmim 5.0
+    knn_k: int = Field(20, ge=1)
+    knn_temperature: float = Field(0.07, gt=0)
+    linear_probe_iters: int = Field(100, ge=0)  # L-BFGS iterations (full passes); 0 = no probe
+    figures: bool = True
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        if name not in METHODS:
+            raise ValueError(
+                f"unknown method '{name}'{did_you_mean(name, METHODS.names())}; "
+                f"choose one of {', '.join(METHODS.names())}"
+            )
+        return name
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not all(0 <= b < 1 for b in v):
+            raise ValueError("both betas must be in [0, 1)")
+        return v
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] <= v[1] <= 1:
+            raise ValueError("crop_scale must be (low, high) with 0 < low <= high <= 1")
+        return v
+
+
+def make_recipe(opts: PretrainOptions, defaults: dict, max_epochs: int, batch: int) -> Recipe:
+    """Fill every option left None from the method's paper defaults."""
+
+    def pick(key: str):
+        value = getattr(opts, key)
+        return defaults[key] if value is None else value
+
+    warmup = opts.warmup_epochs
+    return Recipe(
+        mask_ratio=pick("mask_ratio"),
+        base_lr=pick("base_lr"),
+        weight_decay=opts.weight_decay,
+        betas=tuple(pick("betas")),
+        crop_scale=tuple(pick("crop_scale")),
+        warmup_epochs=defaults["warmup_share"] * max_epochs if warmup is None else warmup,
+        clip_grad=pick("clip_grad"),
+        batch_size=batch,
+    )
+
+
+def pretrain_view(data: OpenWorldData, transform) -> View:
+    """Every train image (labelled + val + unlabelled), labels hidden."""
+    s = data.split
+    idx = np.sort(np.concatenate([s.labelled, s.val, s.unlabelled]))
+    return View(data.train, idx, np.full(len(idx), UNKNOWN), transform)
+
+
+def build_method_model(method: Method, name: str, backbone: nn.Module, cfg: Config) -> nn.Module:
+    """The method's model matching `backbone`; checks now, before training, that its encoder
+    exports into the backbone (UserError naming the mismatch otherwise)."""
+    size, model_cfg = cfg.data.image_size, cfg.model
+    if not isinstance(backbone, method.backbones):
+        kinds = " or ".join(c.__name__ for c in method.backbones)
+        raise UserError(
+            f"stages.pretrain.method={name} needs a {kinds} backbone (vit_tiny, vit_small, "
+            f"vit_base or a timm model of that class); model.backbone={model_cfg.backbone} is a "
+            f"{type(backbone).__name__}. Change model.backbone or remove the pretrain stage."
+        )
+    if tuple(backbone.patch_embed.img_size) != (size, size):
+        raise UserError(
+            f"model.backbone={model_cfg.backbone} is built for {backbone.patch_embed.img_size} "
+            f"px but data.image_size = {size}: set model.timm_kwargs.img_size={size}"
+        )
+    try:
+        model = method.build(backbone, model_cfg, size)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"stages.pretrain.method={name}: cannot build the model ({err})") from None
+    try:
+        load_matching(backbone, method.encoder_state(model), f"pretrain.{name} encoder")
+    except UserError as err:
+        raise UserError(
+            f"stages.pretrain.method={name} cannot build an encoder that matches "
+            f"model.backbone={model_cfg.backbone} with model.timm_kwargs={model_cfg.timm_kwargs}: "
+            f"{err}"
+        ) from None
+    return model
+
+
+@STAGES.register("pretrain")
+class PretrainStage:
+    """Masked image modelling (MAE, SimMIM) on Lightning; hands the encoder to `supervised`."""
+
+    Options = PretrainOptions
+
+    @staticmethod
+    def run(ctx, opts: PretrainOptions) -> dict[str, float]:
+        cfg, data = ctx.cfg, ctx.data
+        size, max_epochs = cfg.data.image_size, opts.max_epochs or cfg.trainer.max_epochs
+        cls = METHODS.get(opts.method)
+        recipe = make_recipe(opts, cls.defaults, max_epochs, cfg.data.batch_size)
+        method = cls(opts, recipe)
+        backbone = build_backbone(cfg.model, size)
+        model = build_method_model(method, opts.method, backbone, cfg)
+        view = pretrain_view(data, method.transform(data.train, size))
+        trainer = make_trainer(cfg.trainer, ctx.run_dir, "pretrain", max_epochs, monitor=None)
+        if opts.figures:
+            clean = make_transform(data.train, size, train=False)
+            pick = view.indices[np.linspace(0, len(view) - 1, min(8, len(view))).astype(int)]
+            images = [clean(data.train.load(int(i))) for i in pick]
+            figs = ReconstructionFigures(method, images, data.train, ctx.run_dir / "pretrain")
+            trainer.callbacks.insert(0, figs)  # before ModelCheckpoint, which must stay last
+        log.info(
+            "pretrain: %s on %d train images (labels hidden), %s encoder, %s -> %s",
+            opts.method,
+            len(view),
+            cfg.model.backbone,
+            recipe,
+            ctx.run_dir,
+        )
+        fit(trainer, PretrainModule(model, method), data.loader(view, train=True), None)
+        if trainer.is_global_zero:
+            load_matching(backbone, method.encoder_state(model), "pretrained encoder")
+            path = ctx.save_model("pretrain", backbone, method=opts.method, recipe=asdict(recipe))
+            log.info("pretrain: encoder weights -> %s", path)
+        trainer.strategy.barrier("pretrain-export")  # later stages on every rank read the file
+        if not trainer.is_global_zero:
+            return {}
+        loss = trainer.callback_metrics.get("train_loss")
+        metrics = {"final_loss": float(loss) if loss is not None else float("nan")}
+        metrics |= evaluate(backbone, data, opts, trainer.strategy.root_device)
+        return metrics
