@@ -1,26 +1,41 @@
-"""Reconstruction figures of the pretrain stage: original / masked / reconstruction, per epoch.
+"""Figures of the pretrain stage, per epoch.
 
-The same images and the same masks every epoch (fixed seed), de-normalised to pixels, with the
-visible patches pasted back into the reconstruction (as in MAE's figures).
+- `ReconstructionFigures`: original / masked / reconstruction; the same images and the same
+  masks every epoch (fixed seed), de-normalised to pixels, with the visible patches pasted back
+  into the reconstruction (as in MAE's figures).
+- `EpochCurves` (methods with `monitors`, i.e. iBOT): the k-NN accuracy of the exported encoder
+  on a small fixed subset and the monitored metrics (iBOT: the teacher entropy) over epochs.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import lightning as L  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from ..data import ImageSet  # noqa: E402
-from ..io import atomic_write  # noqa: E402
+from ..data import ImageSet, OpenWorldData, View  # noqa: E402
+from ..io import atomic_write, load_matching  # noqa: E402
+from .evaluation import backbone_features, knn_classify  # noqa: E402
 from .module import Method  # noqa: E402
 
+if TYPE_CHECKING:
+    from .stage import PretrainOptions
+
 MASK_GREY = 0.5  # masked pixels drawn mid-grey
+CURVE_TITLES = {
+    "knn_acc": "k-NN accuracy (fixed subset)",
+    "teacher_entropy": "teacher entropy (nats)",
+}
 
 
 def reconstruction_grid(
@@ -90,3 +105,78 @@ class ReconstructionFigures(L.Callback):
             self.out_dir / f"recon_epoch{epoch:03d}.png",
             f"{type(self.method).__name__}: epoch {epoch}",
         )
+
+
+def curves_figure(history: dict[str, list[float]], path: Path, title: str) -> None:
+    """One panel per series of `history` (all but `epoch`) against `history["epoch"]`."""
+    names = [k for k in history if k != "epoch"]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.6), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        ax.plot(history["epoch"], history[name], marker="o")
+        ax.set_xlabel("epoch")
+        ax.set_title(CURVE_TITLES.get(name, name), fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def _subset(view: View, n: int) -> View:
+    keep = np.linspace(0, len(view) - 1, min(n, len(view))).astype(int)  # fixed, spread out
+    return View(view.base, view.indices[keep], view.labels[keep], view.transform)
+
+
+class EpochCurves(L.Callback):
+    """After each epoch, on rank 0: weighted k-NN accuracy of the encoder the method exports
+    (iBOT: the teacher's), loaded into `backbone`, fitted on <= n_train labelled images and
+    scored on <= n_test known test images (fixed subsets, clean views), and the epoch means of
+    the method's `monitors` (iBOT: `teacher_entropy`); redraws `path`. The history travels in
+    the checkpoint, so a resumed run draws every epoch."""
+
+    def __init__(
+        self,
+        method: Method,
+        backbone: torch.nn.Module,
+        data: OpenWorldData,
+        opts: PretrainOptions,
+        path: Path,
+        n_train: int = 500,
+        n_test: int = 250,
+    ) -> None:
+        self.method, self.backbone, self.opts, self.path = method, backbone, opts, Path(path)
+        self.train = data.loader(_subset(data.view("labelled"), n_train))
+        self.test = data.loader(_subset(data.view("test_known"), n_test))
+        self.num_classes = data.split.num_known
+        self.history: dict[str, list[float]] = {
+            k: [] for k in ("epoch", "knn_acc", *method.monitors)
+        }
+
+    @torch.no_grad()
+    def knn_accuracy(self, device: torch.device) -> float:
+        train_f, train_y = backbone_features(self.backbone, self.train, device)
+        test_f, test_y = backbone_features(self.backbone, self.test, device)
+        if not len(train_y) or not len(test_y):
+            return math.nan
+        o = self.opts
+        pred = knn_classify(train_f, train_y, test_f, o.knn_k, o.knn_temperature, self.num_classes)
+        return float((pred == test_y).float().mean())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        load_matching(self.backbone, self.method.encoder_state(pl_module.model), "encoder")
+        last = trainer.callback_metrics  # this epoch's means
+        self.history["epoch"].append(trainer.current_epoch + 1)
+        self.history["knn_acc"].append(self.knn_accuracy(pl_module.device))
+        for key in self.method.monitors:
+            self.history[key].append(float(last[key]) if key in last else math.nan)
+        curves_figure(self.history, self.path, f"{type(self.method).__name__}: per epoch")
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = state_dict["history"]

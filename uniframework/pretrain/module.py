@@ -3,8 +3,9 @@
 A `Method` says how a paper's pure model (`mae.py`, `simmim.py`) is built to match the
 configured backbone, its loss on a batch, which encoder weights it exports (timm names), how a
 reconstruction figure is drawn, and the paper's recipe defaults. Adding a method = one class +
-`@METHODS.register(name)` (iBOT plugs in the same way: `loss` gets the schedule position for its
-temperatures, `after_step` updates its EMA teacher, `transform` returns its multi-crop views).
+`@METHODS.register(name)`; `ibot_method.py` is one more: its `loss` reads the epoch for its
+temperatures and returns extra `monitors`, `before_step` freezes its last layer, `after_step`
+updates its EMA teacher, `transform` returns its multi-crop views.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..data import ImageSet
 from ..errors import UserError
 from ..registry import Registry
 from ..training import warmup_cosine
+from .ibot import cosine_schedule
 from .mae import MaskedAutoencoderViT
 from .simmim import SimMIM, SimMIMSwin, SimMIMViT
 
@@ -38,19 +40,26 @@ class Recipe:
 
     mask_ratio: float
     base_lr: float  # lr = base_lr * effective batch / 256 (MAE's linear scaling rule)
-    weight_decay: float
+    weight_decay: float  # at the start; cosine per step to weight_decay_end (iBOT 0.04 -> 0.4)
+    weight_decay_end: float
     betas: tuple[float, float]
     crop_scale: tuple[float, float]  # RandomResizedCrop scale range
     warmup_epochs: float
     clip_grad: float  # max gradient norm; 0 = off
     batch_size: int  # per device
+    epochs: int
 
 
 class Method:
     """Base adapter. `defaults`: the paper's recipe (keys of `Recipe`, `warmup_share` = warm-up
-    epochs / total epochs); `backbones`: the timm classes the method can pretrain."""
+    epochs / total epochs); `backbones`: the timm classes the method can pretrain; `monitors`:
+    keys of the loss dict logged per epoch, drawn with a k-NN curve and reported at the end;
+    `clip_each_parameter`: clip each parameter's gradient norm on its own (DINO / iBOT) instead
+    of the norm of all gradients together."""
 
     defaults: ClassVar[dict[str, Any]] = {}
+    monitors: ClassVar[tuple[str, ...]] = ()
+    clip_each_parameter: ClassVar[bool] = False
     backbones: ClassVar[tuple[type, ...]] = (VisionTransformer,)
     interpolation: ClassVar[v2.InterpolationMode] = v2.InterpolationMode.BILINEAR
 
@@ -60,9 +69,15 @@ class Method:
     def build(self, backbone: nn.Module, cfg: ModelConfig, image_size: int) -> nn.Module:
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, images: Any, progress: float) -> torch.Tensor:
-        """images: what the transform made, batched; progress: step / total steps, in [0, 1]."""
+    def loss(
+        self, model: nn.Module, images: Any, progress: float, epoch: int = 0
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """images: what the transform made, batched; progress: step / total steps, in [0, 1];
+        epoch: 0-based. A dict holds `loss` and the `monitors`."""
         raise NotImplementedError
+
+    def before_step(self, model: nn.Module, epoch: int) -> None:
+        """Called after backward, before gradient clipping and the optimizer step."""
 
     def after_step(self, model: nn.Module, progress: float) -> None:
         """Called after every optimizer step (EMA teachers)."""
@@ -134,7 +149,7 @@ class MAE(Method):
 
     defaults = dict(
         mask_ratio=0.75, base_lr=1.5e-4, betas=(0.9, 0.95), crop_scale=(0.2, 1.0),
-        warmup_share=40 / 800, clip_grad=0.0,
+        warmup_share=40 / 800, clip_grad=0.0, weight_decay=0.05,
     )  # fmt: skip
     interpolation = v2.InterpolationMode.BICUBIC
 
@@ -154,7 +169,7 @@ class MAE(Method):
             mask_ratio=self.recipe.mask_ratio,
         )
 
-    def loss(self, model: nn.Module, images: Any, progress: float) -> torch.Tensor:
+    def loss(self, model: nn.Module, images: Any, progress: float, epoch: int = 0) -> torch.Tensor:
         return model(images)[0]
 
     def encoder_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -181,7 +196,7 @@ class SimMIMMethod(Method):
 
     defaults = dict(
         mask_ratio=0.6, base_lr=1e-4, betas=(0.9, 0.999), crop_scale=(0.67, 1.0),
-        warmup_share=10 / 100, clip_grad=5.0,
+        warmup_share=10 / 100, clip_grad=5.0, weight_decay=0.05,
     )  # fmt: skip
     backbones = (VisionTransformer, SwinTransformer)
 
@@ -202,7 +217,7 @@ class SimMIMMethod(Method):
             encoder, stride, mask_patch_size=mask_patch, mask_ratio=self.recipe.mask_ratio
         )
 
-    def loss(self, model: nn.Module, images: Any, progress: float) -> torch.Tensor:
+    def loss(self, model: nn.Module, images: Any, progress: float, epoch: int = 0) -> torch.Tensor:
         return model(images)[0]
 
     def encoder_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -220,7 +235,8 @@ class SimMIMMethod(Method):
 class PretrainModule(L.LightningModule):
     """Trains a method's model: AdamW (no weight decay on biases, norms and the model's
     `no_weight_decay` names), lr = base_lr * batch * accumulation * devices / 256, linear
-    warm-up then cosine per step, gradient-norm clipping from the recipe; logs `train_loss`."""
+    warm-up then cosine per step, weight decay by cosine when the recipe asks (iBOT),
+    gradient-norm clipping from the recipe; logs `train_loss` and the method's `monitors`."""
 
     def __init__(self, model: nn.Module, method: Method) -> None:
         super().__init__()
@@ -231,14 +247,29 @@ class PretrainModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0]  # labels are hidden (-1) and never used
-        loss = self.method.loss(self.model, images, self._progress())
+        out = self.method.loss(self.model, images, self._progress(), self.current_epoch)
+        out = out if isinstance(out, dict) else {"loss": out}
+        loss = out["loss"]
         if not torch.isfinite(loss):
             raise UserError(
                 f"the pretrain loss became {loss.item()} at step {self.global_step}: lower "
                 "stages.pretrain.base_lr or set stages.pretrain.clip_grad"
             )
         self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False, sync_dist=True)
+        for key, value in out.items():
+            if key != "loss":  # epoch means, e.g. iBOT's teacher_entropy
+                self.log(key, value, on_epoch=True, on_step=False, sync_dist=True)
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        r = self.recipe
+        if r.weight_decay_end != r.weight_decay:  # iBOT: 0.04 -> 0.4, per step, no warm-up
+            total = int(self.trainer.estimated_stepping_batches)
+            wd = cosine_schedule(r.weight_decay, r.weight_decay_end, self.global_step, total)
+            for group in optimizer.param_groups:
+                if group["weight_decay"] > 0:  # not the no-decay group (biases, norms, tokens)
+                    group["weight_decay"] = wd
+        self.method.before_step(self.model, self.current_epoch)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -248,7 +279,11 @@ class PretrainModule(L.LightningModule):
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
         clip = gradient_clip_val or self.recipe.clip_grad  # trainer.gradient_clip_val wins
-        if clip:
+        if clip and self.method.clip_each_parameter and not gradient_clip_val:
+            for p in self.model.parameters():  # DINO / iBOT utils.clip_gradients
+                if p.grad is not None:
+                    p.grad.mul_((clip / (p.grad.detach().norm(2) + 1e-6)).clamp(max=1.0))
+        elif clip:
             self.clip_gradients(optimizer, clip, gradient_clip_algorithm or "norm")
 
     def configure_optimizers(self):

@@ -1,17 +1,20 @@
-"""The `pretrain` stage: self-supervised masked image modelling on every train image, no labels.
+"""The `pretrain` stage: self-supervised pretraining on every train image, no labels.
 
-Trains the method (`mae` | `simmim`, see `module.METHODS`) on the labelled, val and unlabelled
-train images with their labels hidden, then exports the encoder as weights of the configured
-backbone (`build_backbone(cfg.model, image_size)`, strict: every key, every shape) to
+Trains the method (`mae` | `simmim` | `ibot`, see `module.METHODS`) on the labelled, val and
+unlabelled train images with their labels hidden, then exports the encoder as weights of the
+configured backbone (`build_backbone(cfg.model, image_size)`, strict: every key, every shape) to
 `checkpoints/pretrain.safetensors`, where the `supervised` stage picks them up. Also writes
 `checkpoints/pretrain/last.ckpt` (resume), `logs/pretrain/` and, per epoch,
-`pretrain/recon_epoch{N:03d}.png`. Metrics: `final_loss` (mean loss of the last epoch) and the
-frozen-feature `knn_acc` / `linear_acc` on the known test images (`evaluation.py`).
+`pretrain/recon_epoch{N:03d}.png` (MAE, SimMIM). Metrics: `final_loss` (mean loss of the last
+epoch), the frozen-feature `knn_acc` / `linear_acc` on the known test images (`evaluation.py`)
+and the method's `monitors` (iBOT: `teacher_entropy`, the last epoch's mean), which are also
+drawn per epoch with a k-NN accuracy curve on a small fixed subset to
+`pretrain/<method>_curves.png`.
 
 Augmentation is the method's own (random resized crop over `crop_scale`, flip where the dataset
-allows it); `data.augment` does not apply here. A Swin backbone (SimMIM only) is any timm Swin
-name with its geometry in `model.timm_kwargs`; the encoder is read off that model, so the
-pretrain stage needs no architecture options of its own.
+allows it; iBOT: multi-crop with colour augmentation); `data.augment` does not apply here. A
+Swin backbone (SimMIM only) is any timm Swin name with its geometry in `model.timm_kwargs`; the
+encoder is read off that model, so the pretrain stage needs no architecture options of its own.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from ..io import load_matching
 from ..models import build_backbone
 from ..registry import STAGES
 from ..training import fit, make_trainer
+from . import ibot_method  # noqa: F401  (registers method "ibot")
 from .evaluation import evaluate
-from .figures import ReconstructionFigures
+from .figures import EpochCurves, ReconstructionFigures
 from .module import METHODS, Method, PretrainModule, Recipe
 
 log = logging.getLogger(__name__)
@@ -40,19 +44,27 @@ log = logging.getLogger(__name__)
 class PretrainOptions(Section):
     """Options of the `pretrain` stage; None = the method's paper default (see `module.py`)."""
 
-    method: str = "mae"  # mae | simmim (any name in module.METHODS)
-    mask_ratio: float | None = Field(None, gt=0, lt=1)  # mae 0.75, simmim 0.6
+    method: str = "mae"  # mae | simmim | ibot (any name in module.METHODS)
+    mask_ratio: float | None = Field(None, gt=0, lt=1)  # mae 0.75, simmim 0.6, ibot 0.3 +- 0.2
     mask_patch_size: int | None = Field(None, ge=1)  # simmim; None = image_size // 4
     decoder_dim: int = Field(128, ge=32, multiple_of=32)  # mae; paper (ViT-B) 512, heads = dim/32
     decoder_depth: int = Field(2, ge=1)  # mae; paper (ViT-B) 8
     norm_pix_loss: bool = True  # mae: per-patch normalised targets (paper default)
-    base_lr: float | None = Field(None, gt=0)  # lr = base_lr * batch / 256; mae 1.5e-4, simmim 1e-4
-    weight_decay: float = Field(0.05, ge=0)  # both papers
-    betas: tuple[float, float] | None = None  # mae (0.9, 0.95), simmim (0.9, 0.999)
-    warmup_epochs: float | None = Field(None, ge=0)  # None = paper share: mae 40/800, simmim 10/100
+    base_lr: float | None = Field(None, gt=0)  # lr = base_lr*batch/256; mae 1.5e-4, simmim 1e-4,
+    # ibot 5e-4
+    weight_decay: float | None = Field(None, ge=0)  # mae, simmim 0.05; ibot 0.04
+    weight_decay_end: float | None = Field(None, ge=0)  # cosine to it; ibot 0.4, others constant
+    betas: tuple[float, float] | None = None  # mae (0.9, 0.95), simmim and ibot (0.9, 0.999)
+    warmup_epochs: float | None = Field(None, ge=0)  # None = paper share: mae 40/800, others 10/100
     max_epochs: int | None = Field(None, ge=1)  # None = trainer.max_epochs
-    crop_scale: tuple[float, float] | None = None  # mae (0.2, 1), simmim (0.67, 1)
-    clip_grad: float | None = Field(None, ge=0)  # max grad norm; mae 0 (off), simmim 5.0
+    crop_scale: tuple[float, float] | None = None  # mae (0.2, 1), simmim (0.67, 1), ibot (0.14, 1)
+    clip_grad: float | None = Field(None, ge=0)  # max grad norm; mae off, simmim 5, ibot 3 (each
+    # parameter on its own)
+    out_dim: int = Field(1024, ge=2)  # ibot head outputs K ([CLS] and patches); paper 8192
+    shared_head: bool = True  # ibot: one last layer for [CLS] and patches (official recipes)
+    local_crops: int = Field(0, ge=0)  # ibot local crops (image_size*96/224 px); paper 10
+    teacher_momentum: float = Field(0.996, ge=0, le=1)  # ibot EMA start, cosine to 1 (paper)
+    teacher_temp: float = Field(0.07, gt=0)  # ibot, after warm-up from 0.04 (paper)
     knn_k: int = Field(20, ge=1)
     knn_temperature: float = Field(0.07, gt=0)
     linear_probe_iters: int = Field(100, ge=0)  # L-BFGS iterations (full passes); 0 = no probe
@@ -90,16 +102,18 @@ def make_recipe(opts: PretrainOptions, defaults: dict, max_epochs: int, batch: i
         value = getattr(opts, key)
         return defaults[key] if value is None else value
 
-    warmup = opts.warmup_epochs
+    warmup, wd, wd_end = opts.warmup_epochs, pick("weight_decay"), opts.weight_decay_end
     return Recipe(
         mask_ratio=pick("mask_ratio"),
         base_lr=pick("base_lr"),
-        weight_decay=opts.weight_decay,
+        weight_decay=wd,
+        weight_decay_end=defaults.get("weight_decay_end", wd) if wd_end is None else wd_end,
         betas=tuple(pick("betas")),
         crop_scale=tuple(pick("crop_scale")),
         warmup_epochs=defaults["warmup_share"] * max_epochs if warmup is None else warmup,
         clip_grad=pick("clip_grad"),
         batch_size=batch,
+        epochs=max_epochs,
     )
 
 
@@ -143,7 +157,8 @@ def build_method_model(method: Method, name: str, backbone: nn.Module, cfg: Conf
 
 @STAGES.register("pretrain")
 class PretrainStage:
-    """Masked image modelling (MAE, SimMIM) on Lightning; hands the encoder to `supervised`."""
+    """Masked image modelling (MAE, SimMIM, iBOT) on Lightning; hands the encoder to
+    `supervised`."""
 
     Options = PretrainOptions
 
@@ -164,6 +179,9 @@ class PretrainStage:
             images = [clean(data.train.load(int(i))) for i in pick]
             figs = ReconstructionFigures(method, images, data.train, ctx.run_dir / "pretrain")
             trainer.callbacks.insert(0, figs)  # before ModelCheckpoint, which must stay last
+        if opts.figures and method.monitors:  # iBOT: teacher entropy and k-NN accuracy
+            path = ctx.run_dir / "pretrain" / f"{opts.method}_curves.png"
+            trainer.callbacks.insert(0, EpochCurves(method, backbone, data, opts, path))
         log.info(
             "pretrain: %s on %d train images (labels hidden), %s encoder, %s -> %s",
             opts.method,
@@ -180,7 +198,10 @@ class PretrainStage:
         trainer.strategy.barrier("pretrain-export")  # later stages on every rank read the file
         if not trainer.is_global_zero:
             return {}
-        loss = trainer.callback_metrics.get("train_loss")
-        metrics = {"final_loss": float(loss) if loss is not None else float("nan")}
+        last = trainer.callback_metrics  # the last epoch's means
+        metrics = {
+            key: float(last[name]) if name in last else float("nan")
+            for key, name in [("final_loss", "train_loss")] + [(m, m) for m in method.monitors]
+        }
         metrics |= evaluate(backbone, data, opts, trainer.strategy.root_device)
         return metrics
