@@ -73,8 +73,9 @@ class Method:
         self, model: nn.Module, images: Any, progress: float, epoch: int = 0
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """images: what the transform made, batched; progress: step / total steps, in [0, 1];
-        epoch: 0-based. A dict holds `loss` and the `monitors`."""
-        raise NotImplementedError
+        epoch: 0-based. A dict holds `loss` and the `monitors`. Default: the masked-image
+        models' own `forward(images) -> (loss, ...)` (MAE, SimMIM)."""
+        return model(images)[0]
 
     def before_step(self, model: nn.Module, epoch: int) -> None:
         """Called after backward, before gradient clipping and the optimizer step."""
@@ -83,8 +84,8 @@ class Method:
         """Called after every optimizer step (EMA teachers)."""
 
     def encoder_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """Encoder weights named as in the timm backbone."""
-        raise NotImplementedError
+        """Encoder weights named as in the timm backbone (default: the model's own export)."""
+        return model.encoder_state_dict()
 
     def reconstruct(
         self, model: nn.Module, images: torch.Tensor, seed: int
@@ -169,12 +170,6 @@ class MAE(Method):
             mask_ratio=self.recipe.mask_ratio,
         )
 
-    def loss(self, model: nn.Module, images: Any, progress: float, epoch: int = 0) -> torch.Tensor:
-        return model(images)[0]
-
-    def encoder_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return model.encoder_state_dict()
-
     def reconstruct(
         self, model: nn.Module, images: torch.Tensor, seed: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,12 +211,6 @@ class SimMIMMethod(Method):
         return SimMIM(
             encoder, stride, mask_patch_size=mask_patch, mask_ratio=self.recipe.mask_ratio
         )
-
-    def loss(self, model: nn.Module, images: Any, progress: float, epoch: int = 0) -> torch.Tensor:
-        return model(images)[0]
-
-    def encoder_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return model.encoder_state_dict()
 
     def reconstruct(
         self, model: nn.Module, images: torch.Tensor, seed: int
