@@ -1,9 +1,9 @@
 """Open-set figures for BENCHMARKS.md: unknown detection with and without ORE's components.
 
-    .venv/bin/python benchmarks/openset.py [--only digits|cifar] [--cifar-epochs 12]
+    .venv/bin/python benchmarks/openset.py [--only digits|cifar] [--cifar-epochs 15]
 
 Digits: known 0-4, unknown 5-9 (resnet_tiny, 16 px, 15 epochs). cifar10-mini: known = the first
-5 classes, unknown = the last 5 (resnet18, small stem, 32 px). Each dataset is run three times on
+5 classes, unknown = the last 5 (resnet_tiny, small stem, 32 px). Each dataset is run three times on
 the same seed: plain cross-entropy, + contrastive clustering, + contrastive clustering + the
 auto-labelled unknown class. Prints known accuracy and AUROC / FPR@95 of every scorer.
 """
@@ -43,7 +43,7 @@ def setups(cifar_epochs: int) -> dict[str, list[str]]:
             "data.image_size=32",
             "data.num_known=5",
             "data.batch_size=128",
-            "model.backbone=resnet18",
+            "model.backbone=resnet_tiny",
             "model.small_input=true",
             f"trainer.max_epochs={cifar_epochs}",
             "stages.supervised.optimizer=sgd",
@@ -56,7 +56,7 @@ def setups(cifar_epochs: int) -> dict[str, list[str]]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--only", choices=["digits", "cifar"])
-    p.add_argument("--cifar-epochs", type=int, default=12)
+    p.add_argument("--cifar-epochs", type=int, default=15)
     args = p.parse_args()
     print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}")
     results = {}
