@@ -1,6 +1,7 @@
 """Supervised figures for BENCHMARKS.md: digits (10 classes) and cifar10-mini on the CPU.
 
     .venv/bin/python benchmarks/supervised.py [--budget-min 20] [--only digits|resnet18|vit_tiny]
+    .venv/bin/python benchmarks/supervised.py --throughput-only
 
 For each cifar10-mini model: the images/second of one training step (batch 128, median of
 5 steps after 2 warm-up steps), then a run whose epoch count is set so that training fits the
@@ -67,6 +68,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--budget-min", type=float, default=20.0)
     p.add_argument("--only", choices=["digits", *MODELS])
+    p.add_argument("--throughput-only", action="store_true", help="step img/s, no training")
     args = p.parse_args()
     torch.manual_seed(0)
     print(
@@ -74,6 +76,10 @@ def main() -> None:
         f"torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
     results = {}
+    if args.throughput_only:
+        for name, overrides in MODELS.items():
+            print(f"cifar10-mini {name}: {step_throughput(overrides):.1f} img/s per training step")
+        return
     if args.only in (None, "digits"):
         r = timed_run("configs/digits.yaml", ["trainer.accelerator=cpu"], "bench-digits")
         results["digits"] = r
