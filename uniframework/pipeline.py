@@ -71,18 +71,14 @@ class RunContext:
         save_weights(path, model.state_dict(), meta)
         return path
 
-    def load_model(self, stage: str, model: torch.nn.Module) -> dict:
-        """Load a stage's weights into `model` (UserError on a mismatch); returns the metadata."""
+    def load_classifier(self, stage: str) -> tuple[Classifier, dict]:
+        """Rebuild a stage's classifier (its class count from the file) and load its weights
+        (UserError on a mismatch); returns it with the file's metadata."""
         path = self.weights_path(stage)
         state, meta = load_weights(path)
-        load_matching(model, state, str(path))
-        return meta
-
-    def load_classifier(self, stage: str) -> tuple[Classifier, dict]:
-        """Rebuild a stage's classifier (its class count from the file) and load its weights."""
-        _, meta = load_weights(self.weights_path(stage))
         model = build_classifier(self.cfg.model, self.cfg.data.image_size, meta["num_classes"])
-        return model, self.load_model(stage, model)
+        load_matching(model, state, str(path))
+        return model, meta
 
 
 def default_run_dir(cfg: Config) -> Path:

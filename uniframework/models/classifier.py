@@ -38,7 +38,9 @@ def build_classifier(cfg: ModelConfig, image_size: int, num_classes: int) -> Cla
     model = Classifier(build_backbone(cfg, image_size), num_classes)
     if cfg.weights:
         state, _ = load_weights(cfg.weights)
-        state = {k.removeprefix("backbone."): v for k, v in state.items() if k != "head.weight"}
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        # a classifier's file: keep its backbone; a backbone's file (pretrain): take it whole
+        state = {
+            k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("head.")
+        }
         load_matching(model.backbone, state, cfg.weights)
     return model

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
-
-from .weibull import EnergyWeibullScorer  # noqa: E402
+from ..plotting import save_figure
+from .weibull import EnergyWeibullScorer
 
 
 def energy_histogram(
@@ -43,7 +41,7 @@ def energy_histogram(
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     ax.set_title("Energy of known and unknown test images")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def roc_curves(scores: dict[str, torch.Tensor], is_unknown: torch.Tensor, path: Path) -> None:
@@ -58,13 +56,4 @@ def roc_curves(scores: dict[str, torch.Tensor], is_unknown: torch.Tensor, path: 
     ax.set_ylabel("true positive rate (unknowns caught)")
     ax.legend(fontsize=8, title="AUROC")
     ax.set_title("Unknown detection")
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    from ..io import atomic_write
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)

@@ -120,7 +120,7 @@ class OpensetStage:
             s = scorer.score(test["features"], test["logits"])
             pred = scorer.predict_unknown(test["logits"]) if name == "energy_weibull" else None
             m = openset_metrics(s, is_unknown, known_correct, pred)
-            metrics.update({f"{name}.{k}": v for k, v in m.items()})
+            metrics.update({f"{name}.{key}": v for key, v in m.items()})
             scores[name], fitted[name] = s, scorer
         if model.num_classes > k:  # ORE's extra "unknown" output, as one more scorer
             scores["unknown_class"] = unknown_prob

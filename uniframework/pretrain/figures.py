@@ -14,19 +14,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
+import lightning as L
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import lightning as L  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from ..data import ImageSet, OpenWorldData, View  # noqa: E402
-from ..io import atomic_write, load_matching  # noqa: E402
-from .evaluation import backbone_features, knn_classify  # noqa: E402
-from .module import Method  # noqa: E402
+from ..data import ImageSet, OpenWorldData, View
+from ..io import load_matching
+from ..plotting import save_figure
+from .evaluation import backbone_features, knn_classify
+from .module import Method
 
 if TYPE_CHECKING:
     from .stage import PretrainOptions
@@ -54,10 +52,7 @@ def reconstruction_grid(
             ax.set_yticks([])
         axes[row][0].set_ylabel(name, fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 class ReconstructionFigures(L.Callback):
@@ -118,10 +113,7 @@ def curves_figure(history: dict[str, list[float]], path: Path, title: str) -> No
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _subset(view: View, n: int) -> View:

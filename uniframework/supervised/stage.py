@@ -11,7 +11,7 @@ import logging
 import torch
 
 from ..errors import UserError
-from ..io import load_matching, load_weights, save_weights
+from ..io import save_weights
 from ..models import build_classifier
 from ..registry import STAGES
 from ..training import best_state, extract, fit, make_trainer
@@ -30,12 +30,11 @@ class SupervisedStage:
     def run(ctx, opts: SupervisedOptions) -> dict[str, float]:
         data, cfg = ctx.data, ctx.cfg
         k = data.split.num_known
-        model = build_classifier(cfg.model, cfg.data.image_size, k + opts.unknown_class)
-        pretrained = ctx.weights_path("pretrain")
-        if cfg.model.weights is None and pretrained.is_file():  # hand-off from `pretrain`
-            state, _ = load_weights(pretrained)
-            load_matching(model.backbone, state, str(pretrained))
+        model_cfg, pretrained = cfg.model, ctx.weights_path("pretrain")
+        if model_cfg.weights is None and pretrained.is_file():  # hand-off from `pretrain`
+            model_cfg = model_cfg.model_copy(update={"weights": str(pretrained)})
             log.info("supervised: backbone starts from %s", pretrained)
+        model = build_classifier(model_cfg, cfg.data.image_size, k + opts.unknown_class)
         module = SupervisedModule(model, opts, k)
         has_val = len(data.split.val) > 0
         trainer = make_trainer(
