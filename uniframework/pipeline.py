@@ -36,6 +36,7 @@ PLUGINS = [
     "uniframework.models.backbones",
     "uniframework.data.datasets",
     "uniframework.supervised.stage",
+    "uniframework.discover.stage",
 ]
 
 

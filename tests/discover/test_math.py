@@ -1,0 +1,90 @@
+"""Discovery math: Hungarian metrics, Sinkhorn marginals, OpenMix targets, k-means / estimate."""
+
+import numpy as np
+import pytest
+import torch
+
+from uniframework.discover.clustering import estimate_num_novel, kmeans
+from uniframework.discover.metrics import cluster_acc, clustering_metrics, hungarian_mapping
+from uniframework.discover.openmix import anchor_target, mixed_target
+from uniframework.discover.sinkhorn import sinkhorn_knopp
+
+
+def test_hungarian_accuracy_is_one_on_a_permuted_perfect_clustering():
+    truth = np.array([0, 0, 1, 1, 2, 2, 2])
+    pred = np.array([7, 7, 3, 3, 5, 5, 5])  # a relabelling of the truth
+    assert cluster_acc(truth, pred) == 1.0
+    assert hungarian_mapping(truth, pred) == {7: 0, 3: 1, 5: 2}
+    m = clustering_metrics(truth, pred)
+    assert m["nmi"] == pytest.approx(1.0) and m["ari"] == pytest.approx(1.0)
+
+
+def test_hungarian_accuracy_is_invariant_to_label_permutation():
+    rng = np.random.default_rng(0)
+    truth, pred = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    perm = rng.permutation(4)
+    assert cluster_acc(truth, pred) == cluster_acc(truth, perm[pred])
+    assert cluster_acc(truth, pred) == cluster_acc(perm[truth], pred)
+
+
+def test_hungarian_accuracy_by_hand():
+    # cluster 0 holds {a, a, b}, cluster 1 holds {b, b, a}: best map 0->a, 1->b, 4 of 6 right
+    truth = np.array([0, 0, 1, 1, 1, 0])
+    pred = np.array([0, 0, 0, 1, 1, 1])
+    assert cluster_acc(truth, pred) == pytest.approx(4 / 6)
+    # more clusters than classes: the extra cluster maps to nothing and counts as wrong
+    assert cluster_acc([0, 0, 1, 1], [0, 0, 1, 2]) == pytest.approx(3 / 4)
+
+
+@pytest.mark.parametrize("n,k", [(64, 4), (30, 6), (8, 8)])
+def test_sinkhorn_rows_and_columns_sum_to_the_marginals(n, k):
+    torch.manual_seed(0)
+    q = sinkhorn_knopp(torch.randn(n, k), epsilon=0.5, iters=50)
+    assert torch.allclose(q.sum(1), torch.ones(n), atol=1e-4)
+    assert torch.allclose(q.sum(0), torch.full((k,), n / k), atol=1e-3)
+    assert (q >= 0).all()
+
+
+def test_sinkhorn_spreads_a_batch_that_prefers_one_cluster():
+    logits = torch.zeros(40, 4)
+    logits[:, 0] = 0.2  # every sample leans to cluster 0
+    logits[:, 1:] += torch.linspace(0, 0.1, 40)[:, None] * torch.tensor([1.0, -1.0, 0.5])
+    plain = logits.softmax(1).sum(0)
+    q = sinkhorn_knopp(logits, epsilon=0.05, iters=3)
+    assert plain.argmax() == 0 and q.sum(0).max() < 1.5 * 40 / 4
+
+
+def test_mixed_target_matches_a_hand_computation():
+    y = torch.tensor([1, 0])
+    p = torch.tensor([[0.5, 0.5, 0.0], [0.1, 0.2, 0.7]])
+    t = mixed_target(y, p, lam=0.3, num_known=2)
+    expected = torch.tensor(
+        [[0.0, 0.3, 0.35, 0.35, 0.0], [0.3, 0.0, 0.07, 0.14, 0.49]],
+    )
+    assert torch.allclose(t, expected)
+    assert torch.allclose(t.sum(1), torch.ones(2)) and (t >= 0).all()
+
+
+def test_anchor_target_puts_the_anchor_class_and_the_partner_distribution():
+    anchor = torch.tensor([[0.05, 0.9, 0.05]])
+    partner = torch.tensor([[0.2, 0.2, 0.6]])
+    t = anchor_target(anchor, partner, lam=0.6, num_known=2)
+    assert torch.allclose(t, torch.tensor([[0.0, 0.0, 0.08, 0.68, 0.24]]))
+    assert torch.allclose(t.sum(1), torch.ones(1))
+
+
+def _blobs(centres, n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([c + 0.05 * rng.standard_normal((n, len(c))) for c in centres])
+    y = np.repeat(np.arange(len(centres)), n)
+    return torch.from_numpy(x).float(), torch.from_numpy(y)
+
+
+def test_kmeans_recovers_separated_directions_and_the_estimate_finds_their_number():
+    eye = np.eye(7)
+    known, y_known = _blobs(eye[:3], 30)
+    novel, y_novel = _blobs(eye[3:], 30, seed=1)  # 4 novel directions
+    km = kmeans(novel, 4)
+    assert cluster_acc(y_novel.numpy(), km.labels_) == 1.0
+    n, scores = estimate_num_novel(known, y_known, novel, range(1, 8))
+    assert n == 4, scores

@@ -1,0 +1,1 @@
+"""Novel class discovery (the `discover` stage): OpenMix, k-means, a Sinkhorn head."""

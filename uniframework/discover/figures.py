@@ -1,0 +1,51 @@
+"""A 2-D t-SNE of features: known classes, and the novel images coloured by discovered class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.manifold import TSNE
+
+from ..plotting import save_figure
+
+
+def embedding_figure(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    is_novel: np.ndarray,
+    discovered: np.ndarray,
+    num_known: int,
+    path: Path,
+    seed: int = 0,
+    max_points: int = 1500,
+) -> None:
+    """features [N, D], true model labels [N]; `is_novel` [N] is 0 for novel images, -1 for
+    known ones; `discovered` [number of novel images] their discovered labels (k..k+n-1)."""
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.permutation(len(features))[:max_points])
+    xy = TSNE(2, init="pca", random_state=seed, perplexity=min(30, len(pick) - 1)).fit_transform(
+        torch.nn.functional.normalize(features[pick].float(), dim=1).numpy()
+    )
+    novel = (np.asarray(is_novel) == 0)[pick]
+    cluster = np.full(len(features), -1)
+    cluster[np.asarray(is_novel) == 0] = discovered
+    cluster = cluster[pick]
+    y = np.asarray(labels)[pick]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    ax = axes[0]
+    ax.scatter(*xy[~novel].T, s=6, c="0.7", label="known classes")
+    ax.scatter(*xy[novel].T, s=6, c="tab:red", label="novel classes")
+    ax.set_title("known vs novel (truth)")
+    ax.legend(markerscale=3)
+    ax = axes[1]
+    ax.scatter(*xy[~novel].T, s=6, c=y[~novel], cmap="Greys", vmin=-2, vmax=num_known)
+    sc = ax.scatter(*xy[novel].T, s=6, c=cluster[novel], cmap="tab10")
+    ax.set_title("novel images by discovered class (known in grey)")
+    fig.colorbar(sc, ax=ax, label="discovered label")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    save_figure(fig, path)

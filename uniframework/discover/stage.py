@@ -1,0 +1,234 @@
+"""The `discover` stage: find the novel classes in the unlabelled pool.
+
+Which images (option `pool`):
+- `novel`: the pool's images of novel classes (the novel-class-discovery protocol, where the
+  unlabelled set is known to hold only new classes; the filter uses the split's truth);
+- `detected`: the pool images the open-set stage's detector (`openset/detector.json`, energy +
+  Weibull) flags as unknown (the open-world protocol; no truth used).
+How many novel classes (option `num_novel`): a number, `null` = the split's true count (given),
+or `auto` = estimated (`clustering.estimate_num_novel`), reported beside the truth.
+Methods (option `method`): `openmix` (OpenMix), `kmeans`, `sinkhorn` (UNO-style head).
+
+Writes `discover/discovered.json` (pool indices, their discovered labels k..k+n-1, the
+Hungarian map to true classes used for evaluation, class names) for `incremental` and
+`predict`; `checkpoints/discover.safetensors` (the classifier over known + novel outputs);
+`discover/embedding.png`. Metrics: `novel_acc|nmi|ari` on the pool's truly-novel images,
+`test_novel_acc|nmi|ari` on the test set's novel classes (novel outputs only), `known_acc`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ..config import Section
+from ..errors import UserError
+from ..io import read_json, write_json
+from ..models import Classifier
+from ..registry import STAGES
+from ..training import extract, fit, make_trainer
+from .clustering import assign, estimate_num_novel, kmeans
+from .metrics import clustering_metrics, hungarian_mapping
+
+log = logging.getLogger(__name__)
+
+
+class DiscoverOptions(Section):
+    """Options of the `discover` stage."""
+
+    method: Literal["openmix", "kmeans", "sinkhorn"] = "openmix"
+    pool: Literal["novel", "detected"] = "novel"
+    num_novel: int | Literal["auto"] | None = None  # None = the split's true count
+    max_novel: int = Field(10, ge=1)  # largest count tried by `auto`
+    max_epochs: int | None = Field(None, ge=1)  # None = trainer.max_epochs
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    mix_alpha: float = Field(1.0, gt=0)  # mixing coefficient lam ~ Beta(alpha, alpha)
+    anchor_threshold: float = Field(0.9, gt=0, le=1)  # OpenMix: confidence of reliable anchors
+    anchor_weight: float = Field(1.0, ge=0)
+    mix_weight: float = Field(1.0, ge=0)  # OpenMix: labelled x unlabelled mixtures
+    sinkhorn_epsilon: float = Field(0.05, gt=0)
+    figures: bool = True
+
+
+@STAGES.register("discover")
+class DiscoverStage:
+    """Novel class discovery on the supervised model: OpenMix, k-means or a Sinkhorn head."""
+
+    Options = DiscoverOptions
+
+    @staticmethod
+    def run(ctx, opts: DiscoverOptions) -> dict[str, float]:
+        data, split = ctx.data, ctx.data.split
+        k = split.num_known
+        if not split.novel:
+            raise UserError(
+                "the discover stage needs novel classes: set data.num_known below the "
+                f"{split.num_classes} classes of the dataset"
+            )
+        supervised, _ = ctx.load_classifier("supervised")
+        labelled = extract(supervised, data.loader(data.view("labelled")))
+        pool_all = extract(supervised, data.loader(data.view("unlabelled")))
+        truth = torch.from_numpy(split.remap(data.train.targets[pool_all["index"].numpy()]))
+        keep = select_pool(ctx, opts, pool_all, truth, k)
+        if keep.sum() < 2:
+            raise UserError(
+                f"stages.discover: only {int(keep.sum())} pool images to discover from; "
+                "use pool: novel, or a detector that flags more unknowns"
+            )
+        pool = {key: v[keep] for key, v in pool_all.items()}
+        pool_truth = truth[keep]
+        metrics: dict[str, float] = {
+            "pool_size": int(keep.sum()),
+            "pool_novel_fraction": float((pool_truth >= k).float().mean()),
+            "num_novel_true": len(split.novel),
+        }
+        n = opts.num_novel if isinstance(opts.num_novel, int) else len(split.novel)
+        if opts.num_novel == "auto":
+            n, scores = estimate_num_novel(
+                labelled["features"],
+                labelled["labels"],
+                pool["features"],
+                range(1, opts.max_novel + 1),
+                seed=ctx.cfg.seed,
+            )
+            metrics["num_novel_estimated"] = n
+            log.info("discover: %d novel classes estimated (truth %d)", n, len(split.novel))
+        metrics["num_novel"] = n
+        km = kmeans(pool["features"], n, seed=ctx.cfg.seed)
+        model = grow_head(supervised, k, n, torch.from_numpy(km.cluster_centers_).float())
+        if opts.method != "kmeans":
+            trained = _train(ctx, opts, model, k, pool["index"].numpy())
+            if trained is None:  # not rank 0
+                return {}
+        from lightning.pytorch.utilities import rank_zero_only
+
+        if rank_zero_only.rank != 0:
+            return {}
+        test = extract(model, data.loader(data.view("test")))
+        novel_test = test["labels"] >= k
+        if opts.method == "kmeans":  # nearest centroid of the supervised features
+            pool_pred = km.labels_
+            test_pred = assign(km, test["features"][novel_test])
+        else:
+            pool_pred = extract(model, data.loader(_pool_view(data, pool)))["logits"][:, k:]
+            pool_pred = pool_pred.argmax(1).numpy()
+            test_pred = test["logits"][novel_test][:, k:].argmax(1).numpy()
+        novel_pool = (pool_truth >= k).numpy()
+        on_pool = clustering_metrics(pool_truth.numpy()[novel_pool], pool_pred[novel_pool])
+        on_test = clustering_metrics(test["labels"][novel_test].numpy(), test_pred)
+        metrics.update({f"novel_{m}": v for m, v in on_pool.items()})
+        metrics.update({f"test_novel_{m}": v for m, v in on_test.items()})
+        known = ~novel_test
+        metrics["known_acc"] = float(
+            (test["logits"][known][:, :k].argmax(1) == test["labels"][known]).float().mean()
+        )
+        mapping = hungarian_mapping(pool_truth.numpy()[novel_pool], pool_pred[novel_pool] + k)
+        names = data.class_names
+        discovered = {
+            "method": opts.method,
+            "num_known": k,
+            "num_novel": n,
+            "index": pool["index"].tolist(),
+            "label": (pool_pred + k).tolist(),
+            "mapping": {str(k + j): mapping.get(k + j) for j in range(n)},
+            "class_names": [
+                f"novel-{j}" + (f" (~{names[mapping[k + j]]})" if k + j in mapping else "")
+                for j in range(n)
+            ],
+        }
+        write_json(ctx.run_dir / "discover" / "discovered.json", discovered)
+        ctx.save_model("discover", model, num_known=k, num_novel=n)
+        if opts.figures:
+            from .figures import embedding_figure
+
+            embedding_figure(
+                test["features"],
+                test["labels"],
+                np.where(novel_test.numpy(), 0, -1),
+                test_pred + k,
+                k,
+                ctx.run_dir / "discover" / "embedding.png",
+                seed=ctx.cfg.seed,
+            )
+        log.info(
+            "discover: %s found %d classes; novel acc %.4f (pool), %.4f (test)",
+            opts.method,
+            n,
+            metrics["novel_acc"],
+            metrics["test_novel_acc"],
+        )
+        return metrics
+
+
+def select_pool(ctx, opts, pool: dict, truth: torch.Tensor, k: int) -> torch.Tensor:
+    """[P] bool: the pool images to discover from (see the module docstring)."""
+    if opts.pool == "novel":
+        return truth >= k
+    path = ctx.run_dir / "openset" / "detector.json"
+    state = read_json(path)
+    if state is None:
+        raise UserError(
+            f"stages.discover.pool = detected needs the open-set detector {path}: put an "
+            "`openset` stage before `discover`, or use pool: novel"
+        )
+    if state["name"] != "energy_weibull":
+        raise UserError(
+            f"stages.discover.pool = detected needs the energy_weibull detector, got "
+            f"'{state['name']}': set stages.openset.detector: energy_weibull"
+        )
+    from ..openset.weibull import EnergyWeibullScorer
+
+    detector = EnergyWeibullScorer.from_state_dict(state["state"])
+    return detector.predict_unknown(pool["logits"]).cpu()
+
+
+def grow_head(model: Classifier, k: int, n: int, centroids: torch.Tensor) -> Classifier:
+    """A copy of `model` with k known + n novel outputs: known rows kept (an extra "unknown"
+    output dropped), novel rows = the normalised centroids [n, D] scaled to the known rows'
+    mean norm, novel biases = the known biases' mean."""
+    grown = Classifier(model.backbone, k + n)
+    with torch.no_grad():
+        w, b = model.head.weight[:k], model.head.bias[:k]
+        grown.head.weight[:k] = w
+        grown.head.bias[:k] = b
+        grown.head.weight[k:] = F.normalize(centroids, dim=1) * w.norm(dim=1).mean()
+        grown.head.bias[k:] = b.mean()
+    return grown
+
+
+def _pool_view(data, pool: dict):
+    """Clean (un-augmented) view of the chosen pool images, in `pool['index']` order."""
+    view = data.view("unlabelled")
+    view.indices = pool["index"].numpy()
+    view.labels = np.full(len(view.indices), -1)
+    return view
+
+
+def _train(ctx, opts, model: Classifier, k: int, pool_index):
+    """Train OpenMix or the Sinkhorn head on Lightning; None on ranks other than 0."""
+    from .openmix import OpenMixModule
+    from .uno import TwoViews, UNOModule
+
+    data, cfg = ctx.data, ctx.cfg
+    pool_train = data.view("unlabelled", train=True, hide_labels=True)
+    pool_train.indices = np.asarray(pool_index)
+    pool_train.labels = np.full(len(pool_index), -1)
+    labelled = data.view("labelled", train=True)
+    learner = OpenMixModule if opts.method == "openmix" else UNOModule
+    module = learner(model, opts, k)
+    labelled, pool_train = TwoViews(labelled), TwoViews(pool_train)
+    train = {
+        "labelled": data.loader(labelled, train=True),
+        "pool": data.loader(pool_train, train=True),
+    }
+    trainer = make_trainer(cfg.trainer, ctx.run_dir, "discover", opts.max_epochs)
+    log.info("discover: %s on %d pool images", opts.method, len(pool_index))
+    fit(trainer, module, train, None)
+    return module if trainer.is_global_zero else None

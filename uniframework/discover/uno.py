@@ -1,0 +1,50 @@
+"""The `sinkhorn` discovery baseline: a UNO-style head (Fini et al., ICCV 2021).
+
+Every image is seen in two augmented views. Labelled images get their one-hot known label over
+the known + novel outputs; for an unlabelled image, Sinkhorn-Knopp turns each view's (detached)
+novel logits into an equipartitioned soft assignment `q`, and each view is trained to predict
+the *other* view's `q` (swapped prediction). UNO's multi-head and over-clustering heads are
+left out: one head, n novel outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .module import DiscoverModule, soft_cross_entropy
+from .sinkhorn import sinkhorn_knopp
+
+
+class TwoViews(torch.utils.data.Dataset):
+    """Wraps a View: `(view1, view2, label, index)`, two independent augmentations."""
+
+    def __init__(self, view) -> None:
+        self.view = view
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def __getitem__(self, i: int):
+        j = int(self.view.indices[i])
+        image = self.view.base.load(j)
+        return self.view.transform(image), self.view.transform(image), int(self.view.labels[i]), j
+
+
+class UNOModule(DiscoverModule):
+    """Cross-entropy on labelled views + swapped prediction of Sinkhorn targets on unlabelled."""
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        o, k = self.opts, self.num_known
+        xl1, xl2, yl, _ = batch["labelled"]
+        xu1, xu2, _, _ = batch["pool"]
+        loss = 0.5 * (F.cross_entropy(self.model(xl1), yl) + F.cross_entropy(self.model(xl2), yl))
+        (lu1, c1), (lu2, c2) = self.views(xu1), self.views(xu2)  # [B, k + n], [B, n]
+        zeros = lu1.new_zeros(len(lu1), k)
+        q1 = torch.cat([zeros, sinkhorn_knopp(c1, o.sinkhorn_epsilon)], 1)
+        q2 = torch.cat([zeros, sinkhorn_knopp(c2, o.sinkhorn_epsilon)], 1)
+        swapped = 0.5 * (soft_cross_entropy(lu1, q2) + soft_cross_entropy(lu2, q1))
+        self.log("train_swapped_loss", swapped, on_epoch=True, on_step=False)
+        loss = loss + swapped
+        self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False)
+        return self.check_finite(loss)
