@@ -3,7 +3,12 @@
 # torch, torchvision, lightning and torchmetrics but no network): the digits loop on the GPU in
 # bf16, then benchmarks/pretrain_value.py. Wheels for what the image lacks (pydantic, timm)
 # are expected in .whl/, cifar10-mini as .devdata/cifar10-mini.tgz; results go to $OUT.
+# With .devdata/head.tar (`git archive HEAD`), the committed tree runs, not the working one.
 set -euo pipefail
+if [ -f .devdata/head.tar ]; then
+  mkdir -p /tmp/proj && tar xf .devdata/head.tar -C /tmp/proj
+  cp -r .whl .devdata /tmp/proj/ && cd /tmp/proj
+fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
