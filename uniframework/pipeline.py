@@ -37,6 +37,7 @@ PLUGINS = [
     "uniframework.data.datasets",
     "uniframework.supervised.stage",
     "uniframework.discover.stage",
+    "uniframework.incremental.stage",
 ]
 
 

@@ -97,3 +97,7 @@ def build_backbone(cfg: ModelConfig, image_size: int) -> nn.Module:
         f"{did_you_mean(cfg.backbone, BACKBONES.names() + timm.list_models())}. "
         "Run `uniframework list` for the registered names."
     )
+
+
+# EfficientNet V1/V2 register themselves from their own file (efficientnet_b0..b7, v2_s/m/l, phi)
+from . import efficientnet  # noqa: E402, F401

@@ -18,7 +18,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..config import Section
@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..models import Classifier
 from ..openset.scores import energy_score
 from ..training import warmup_cosine
+from .progressive import ProgressiveOptions, mixup, parse_progressive
 from .prototypes import FeatureStore, contrastive_clustering_loss, update_prototypes
 
 
@@ -52,6 +53,13 @@ class SupervisedOptions(Section):
     unknown_topk: int = Field(1, ge=1)  # pool samples per batch trained as unknown
     unknown_by: Literal["energy", "prototype"] = "energy"
     unknown_weight: float = Field(1.0, ge=0)
+    # EfficientNetV2 progressive learning (progressive.py): `true` or a mapping; off by default
+    progressive: ProgressiveOptions | None = None
+
+    @field_validator("progressive", mode="before")
+    @classmethod
+    def _progressive_on_off(cls, v):
+        return parse_progressive(v)
 
 
 def least_known(
@@ -73,6 +81,7 @@ class SupervisedModule(L.LightningModule):
         self.model, self.opts, self.num_known = model, opts, num_known
         self.train_acc = MulticlassAccuracy(model.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(model.num_classes, average="micro")
+        self.mixup_alpha = 0.0  # set per epoch by progressive learning
         if opts.contrastive or opts.unknown_by == "prototype":
             self.store = FeatureStore(num_known, model.feature_dim, opts.store_size)
             self.register_buffer("prototypes", torch.zeros(num_known, model.feature_dim))
@@ -100,9 +109,14 @@ class SupervisedModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         o = self.opts
         x, y, _ = batch["labelled"] if isinstance(batch, dict) else batch
+        if self.mixup_alpha > 0:  # y keeps the larger share λ >= 0.5
+            x, y_mix, lam = mixup(x, y, self.mixup_alpha)
         features = self.model.forward_features(x)
         logits = self.model.forward_head(features)
         loss = F.cross_entropy(logits, y, label_smoothing=o.label_smoothing)
+        if self.mixup_alpha > 0:
+            mixed = F.cross_entropy(logits, y_mix, label_smoothing=o.label_smoothing)
+            loss = lam * loss + (1.0 - lam) * mixed
         if hasattr(self, "store"):
             cc = self._prototype_step(features, y)
             if cc is not None:

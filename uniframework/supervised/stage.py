@@ -16,6 +16,7 @@ from ..models import build_classifier
 from ..registry import STAGES
 from ..training import best_state, extract, fit, make_trainer
 from .module import SupervisedModule, SupervisedOptions
+from .progressive import ProgressiveLearning, ProgressiveTransform
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ class SupervisedStage:
         trainer = make_trainer(
             cfg.trainer, ctx.run_dir, "supervised", opts.max_epochs, "val_acc" if has_val else None
         )
-        train = data.loader(data.view("labelled", train=True), train=True)
+        labelled = data.view("labelled", train=True)
+        train_views = [labelled]
+        train = data.loader(labelled, train=True)
         if opts.unknown_class:  # a pool batch beside every labelled batch (labels hidden)
             pool = data.view("unlabelled", train=True, hide_labels=True)
             if len(pool) == 0:
@@ -48,7 +51,10 @@ class SupervisedStage:
                     "stages.supervised.unknown_class needs an unlabelled pool: set "
                     "data.num_known below the class count or data.labelled_fraction below 1"
                 )
+            train_views.append(pool)
             train = {"labelled": train, "pool": data.loader(pool, train=True)}
+        if opts.progressive is not None:  # image size + regularisation rise by stage
+            trainer.callbacks.append(progressive_callback(opts, cfg.data, train_views))
         val = data.loader(data.view("val")) if has_val else None
         log.info(
             "supervised: %s on %d labelled images of %d known classes -> %s",
@@ -82,6 +88,14 @@ class SupervisedStage:
             v = extract(model, val)
             metrics["val_acc"] = accuracy(v["logits"][:, :k], v["labels"])
         return metrics
+
+
+def progressive_callback(opts: SupervisedOptions, data_cfg, views: list) -> ProgressiveLearning:
+    """Swap the train views' transforms for one that follows the progressive schedule."""
+    tf = ProgressiveTransform(views[0].base, data_cfg.image_size, data_cfg.augment)
+    for view in views:  # labelled and pool views share one base (the train set)
+        view.transform = tf
+    return ProgressiveLearning(opts.progressive, data_cfg.image_size, [tf])
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
