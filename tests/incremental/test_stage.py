@@ -1,0 +1,138 @@
+"""The `incremental` stage end to end on tiny seeded digits (8 px, 60 images per class)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from uniframework.config import load_config
+from uniframework.errors import UserError
+from uniframework.incremental.metrics import UNMATCHED
+from uniframework.incremental.tasks import plan_from_discover
+from uniframework.io import load_weights, read_json, write_json
+from uniframework.pipeline import RunContext, run
+
+from ..conftest import TINY
+
+# 2 known digits, then 4 tasks of 2 novel digits each
+FIVE_TASKS = [*TINY, "data.num_known=2", "data.num_tasks=5"]
+KEYS = ["avg_acc", "last_acc", "forgetting", "all_acc", "old_acc", "new_acc"]
+
+
+def _stage(opts: str) -> str:
+    return f"stages=[{{incremental: {{{opts}}}}}]"
+
+
+def test_icarl_forgets_less_than_finetune_and_resumes(tmp_path):
+    cfg = load_config(
+        None,
+        [
+            *FIVE_TASKS,
+            _stage("learner: icarl, compare: [finetune], memory: 40, epochs: 8, lr: 0.005"),
+        ],
+    )
+    m = run(cfg, tmp_path)
+    # fine-tuning on the new classes alone wipes out the old ones; iCaRL keeps them
+    assert m["incremental.finetune.forgetting"] > m["incremental.forgetting"] + 0.3
+    assert m["incremental.finetune.forgetting"] > m["incremental.nme_forgetting"] + 0.5
+    assert m["incremental.avg_acc"] > m["incremental.finetune.avg_acc"] + 0.25
+    assert m["incremental.nme_avg_acc"] > m["incremental.finetune.avg_acc"] + 0.25
+    assert m["incremental.nme_old_acc"] > m["incremental.finetune.old_acc"] + 0.25
+    # the memory: 40 exemplars over 10 classes, 4 each, no image copies
+    mem = read_json(tmp_path / "incremental/memory.json")
+    assert {len(v) for v in mem["classes"].values()} == {4} and len(mem["classes"]) == 10
+    state, meta = load_weights(tmp_path / "checkpoints/incremental.safetensors")
+    assert state["head.weight"].shape[0] == 10 and meta["learner"] == "icarl"
+    for fig in ("accuracy.png", "matrix.png"):
+        assert (tmp_path / "incremental" / fig).stat().st_size > 1000
+    # a run cut off after task 3: the rerun reloads tasks 0-3 and gives the same figures
+    write_json(tmp_path / "state.json", {"done": [], "seconds": {}})
+    (tmp_path / "checkpoints/incremental/icarl/task4.json").unlink()
+    again = run(cfg, tmp_path)
+    for key in KEYS:
+        assert math.isclose(again[f"incremental.{key}"], m[f"incremental.{key}"], abs_tol=1e-6)
+
+
+def _discovered(ctx: RunContext) -> dict:
+    """A hand-written discover result: 4 clusters over the pool of novel digits 2..7.
+    Clusters 2, 3, 4 are digits 5, 2, 7; cluster 5 (digit 3) matched no class; digits
+    4, 6, 8, 9 got no cluster."""
+    split, train = ctx.data.split, ctx.data.train
+    pool = split.unlabelled
+    true = split.remap(train.targets[pool])
+    cluster_of = {5: 2, 2: 3, 7: 4, 3: 5}
+    keep = np.isin(true, list(cluster_of))
+    return {
+        "num_known": 2,
+        "num_novel": 4,
+        "index": pool[keep].tolist(),
+        "label": [cluster_of[int(t)] for t in true[keep]],
+        "mapping": {"2": 5, "3": 2, "4": 7, "5": None},
+        "class_names": ["c2", "c3", "c4", "c5"],
+    }
+
+
+def test_source_discover_trains_on_pseudo_labels(tmp_path):
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            "data.num_known=2",
+            "data.num_tasks=3",
+            _stage("source: discover, learner: replay, memory: 60, epochs: 4, lr: 0.005"),
+        ],
+    )
+    with pytest.raises(UserError, match="discovered.json.*source=split"):
+        run(cfg, tmp_path)
+    ctx = RunContext(cfg, tmp_path)
+    write_json(tmp_path / "discover/discovered.json", _discovered(ctx))
+    plan = plan_from_discover(ctx.data, tmp_path / "discover/discovered.json")
+    assert plan.tasks == [[0, 1], [2, 3], [4, 5]]
+    true = ctx.data.split.remap(ctx.data.test.targets[ctx.data.split.test])
+    assert (plan.test_labels[true == 5] == 2).all() and (plan.test_labels[true == 2] == 3).all()
+    assert (plan.test_labels[np.isin(true, [3, 4, 6, 8, 9])] == UNMATCHED).all()
+    m = run(cfg, tmp_path)
+    assert m["incremental.num_classes"] == 6 and m["incremental.num_tasks"] == 3
+    # test images of the 5 undiscovered digits (3 has a cluster, but no mapping) are wrong
+    novel = true >= 2
+    assert m["incremental.new_acc"] <= np.isin(true[novel], [5, 2, 7]).mean() + 1e-6
+    assert m["incremental.new_acc"] > 0.1  # the matched clusters are learned
+    _, meta = load_weights(tmp_path / "checkpoints/incremental.safetensors")
+    assert meta["num_classes"] == 6 and meta["model_class_names"][2:] == ["c2", "c3", "c4", "c5"]
+
+
+def test_supervised_then_incremental_writes_every_metric(tmp_path):
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            "data.num_known=4",
+            "data.num_tasks=3",
+            "stages=[{supervised: {unknown_class: true, lr: 0.003}}, "
+            "{incremental: {learner: ore, compare: [lwf, replay], memory: 50, epochs: 2}}]",
+        ],
+    )
+    m = run(cfg, tmp_path)
+    per_task = [f"task{t}_acc" for t in range(3)]
+    for prefix in ("incremental.", "incremental.replay."):  # learners with a memory: + NME
+        for key in KEYS + per_task:
+            assert math.isfinite(m[prefix + key]) and math.isfinite(m[prefix + "nme_" + key])
+    for key in KEYS + per_task:
+        assert math.isfinite(m["incremental.lwf." + key])
+    assert "incremental.lwf.nme_avg_acc" not in m  # LwF keeps no memory (the paper's)
+    # task 0 is the supervised classifier with its "unknown" output dropped
+    assert math.isclose(m["incremental.task0_acc"], m["supervised.known_acc"], abs_tol=1e-6)
+    assert m["incremental.memory_size"] == 50 and m["incremental.num_classes"] == 10
+    assert (tmp_path / "checkpoints/incremental/ore/task2_balanced/last.ckpt").is_file()
+    again = run(cfg, tmp_path)  # a finished stage is skipped
+    assert again == m
+
+
+def test_bad_options_are_user_errors(tmp_path):
+    cfg = load_config(None, [*FIVE_TASKS, _stage("learner: icarl, memory: 5")])
+    with pytest.raises(UserError, match=r"stages\.incremental\.memory = 5.*>= 10"):
+        run(cfg, tmp_path)
+    with pytest.raises(UserError, match="compare"):
+        load_config(None, [*FIVE_TASKS, _stage("learner: icarl, compare: [icarl]")])
+    with pytest.raises(UserError, match="num_tasks >= 2"):
+        run(load_config(None, [*TINY, "data.num_known=2", _stage("")]), tmp_path / "b")
