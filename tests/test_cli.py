@@ -11,10 +11,13 @@ from uniframework.cli import main
 
 from .conftest import TINY
 
+# the demo's whole loop, tiny: few discovery and incremental epochs
+DEMO = [*TINY, "stages.discover.max_epochs=2", "stages.incremental.epochs=1"]
+
 
 def test_run_writes_the_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "configs/demo.yaml", *TINY, "name=e2e", "--out", str(out)]) == 0
+    assert main(["run", "configs/demo.yaml", *DEMO, "name=e2e", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"supervised.known_acc", "supervised.val_acc", "supervised.epochs"} <= set(metrics)
     assert metrics["supervised.epochs"] == 3
@@ -25,6 +28,10 @@ def test_run_writes_the_run_directory(tmp_path, capsys):
     assert metrics["openset.auroc"] == metrics["openset.energy_weibull.auroc"]
     best = max(metrics[f"openset.{s}.auroc"] for s in ("msp", "energy", "mahalanobis", "knn"))
     assert best > 0.6  # better than chance, even for this tiny model
+    # the rest of the loop: discovery on the flagged pool, then the classes join the classifier
+    assert 0.0 <= metrics["discover.novel_acc"] <= 1.0 and metrics["discover.pool_size"] > 0
+    for key in ("all_acc", "old_acc", "new_acc", "avg_acc", "forgetting", "icarl.avg_acc"):
+        assert f"incremental.{key}" in metrics, key
     for f in ("openset/detector.json", "openset/energy_hist.png", "openset/roc.png"):
         assert (out / f).is_file(), f
     resolved = yaml.safe_load((out / "config.yaml").read_text())
@@ -41,16 +48,16 @@ def test_run_writes_the_run_directory(tmp_path, capsys):
 
     # a rerun skips the finished stage; --restart-from redoes it
     capsys.readouterr()
-    assert main(["run", "configs/demo.yaml", *TINY, "name=e2e", "--out", str(out)]) == 0
+    assert main(["run", "configs/demo.yaml", *DEMO, "name=e2e", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text()) == metrics
     state = json.loads((out / "state.json").read_text())
-    assert state["done"] == ["supervised", "openset"]
+    assert state["done"] == ["supervised", "openset", "discover", "incremental"]
     assert (
         main(
             [
                 "run",
                 "configs/demo.yaml",
-                *TINY,
+                *DEMO,
                 "trainer.max_epochs=1",
                 "--out",
                 str(out),
@@ -155,7 +162,7 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
             "uniframework",
             "run",
             "configs/demo.yaml",
-            *TINY,
+            *DEMO,
             "trainer.devices=2",
             "trainer.strategy=ddp",
             "stages.supervised.contrastive=true",
@@ -175,3 +182,4 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
     assert (out / "checkpoints/supervised/last.ckpt").is_file()
     assert (out / "checkpoints/supervised_prototypes.safetensors").is_file()
     assert "openset.auroc" in metrics
+    assert "discover.novel_acc" in metrics and "incremental.all_acc" in metrics

@@ -122,6 +122,7 @@ def run(cfg: Config, run_dir: Path | None = None, restart_from: str | None = Non
         log.info("stage %s: starting (output in %s)", name, run_dir)
         start = time.perf_counter()
         result = STAGES.get(name).run(ctx, opts)
+        _barrier()  # later stages on every rank read what rank 0 wrote
         if rank_zero_only.rank != 0:
             continue
         metrics.update({f"{name}.{k}": v for k, v in result.items()})
@@ -131,6 +132,12 @@ def run(cfg: Config, run_dir: Path | None = None, restart_from: str | None = Non
         write_json(run_dir / "state.json", state)
         log.info("stage %s: done in %.1f s: %s", name, state["seconds"][name], result)
     return metrics
+
+
+def _barrier() -> None:
+    """Wait for every rank when a process group is up (DDP keeps it after `fit`)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def _check_config_matches(cfg: Config, run_dir: Path, state: dict) -> None:

@@ -51,6 +51,8 @@ class OpenMixModule(DiscoverModule):
         xl, _, yl, _ = batch["labelled"]
         xu1, xu2, _, _ = batch["pool"]
         b = min(len(xl), len(xu1))
+        if b < 2:  # a ragged last batch: BatchNorm needs two samples; labelled loss only
+            return self.check_finite(F.cross_entropy(self.model(xl), yl))
         xl, yl, xu1, xu2 = xl[:b], yl[:b], xu1[:b], xu2[:b]
         loss = F.cross_entropy(self.model(xl), yl)
         # pseudo-labels: the novel head's balanced assignment of each view (detached)
@@ -71,7 +73,7 @@ class OpenMixModule(DiscoverModule):
         self.log("train_mix_loss", mix, on_epoch=True, on_step=False)
         loss = loss + self_label + o.mix_weight * mix
         anchors = (pu.max(1).values >= o.anchor_threshold).nonzero().squeeze(1)
-        if o.anchor_weight > 0 and len(anchors) > 0:
+        if o.anchor_weight > 0 and len(anchors) > 1:  # a batch of 1 breaks BatchNorm
             partner = torch.randint(0, b, (len(anchors),), device=xu1.device)
             lam_a = float(self.beta.sample())
             xa = lam_a * xu1[anchors] + (1 - lam_a) * xu2[partner]
