@@ -1,6 +1,7 @@
 """Novel class discovery, 5 known / 5 novel: OpenMix vs k-means vs the Sinkhorn head.
 
     .venv/bin/python benchmarks/discover.py [--only digits|cifar10-mini] [--epochs 30]
+        [--methods openmix,kmeans] [--accelerator gpu --workers 8 --image-size 32]
 
 One supervised model per dataset (trained once), then each discovery method on the pool's
 novel images (the NCD protocol, number of classes given) from that same model; a k-means run
@@ -50,6 +51,10 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--only", choices=list(DATASETS))
     p.add_argument("--epochs", type=int, default=30, help="discovery epochs (openmix, sinkhorn)")
+    p.add_argument("--methods", default="openmix,sinkhorn,kmeans,kmeans-auto")
+    p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--image-size", type=int, help="override the dataset's image size")
     args = p.parse_args()
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, threads {torch.get_num_threads()}"
@@ -58,7 +63,14 @@ def main() -> None:
     for name, (config, overrides, supervised, extra) in DATASETS.items():
         if args.only not in (None, name):
             continue
-        base = [*overrides, "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
+        base = [
+            *overrides,
+            f"trainer.accelerator={args.accelerator}",
+            f"data.num_workers={args.workers}",
+            "trainer.enable_progress_bar=false",
+        ]
+        if args.image_size:
+            base.append(f"data.image_size={args.image_size}")
         runs = {
             "openmix": {"method": "openmix", "max_epochs": args.epochs, **extra},
             "sinkhorn": {"method": "sinkhorn", "max_epochs": args.epochs, **extra},
@@ -67,6 +79,8 @@ def main() -> None:
         }
         shared = OUT / name / "supervised"
         for label, opts in runs.items():
+            if label not in args.methods.split(","):
+                continue
             out = OUT / name / label
             cfg = load_config(config, [*base, f"name=discover-{name}"])
             cfg = cfg.model_copy(update={"stages": [supervised, {"discover": opts}]})
