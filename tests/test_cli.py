@@ -130,7 +130,7 @@ def test_resume_after_the_process_is_killed(tmp_path):
         "uniframework",
         "run",
         "configs/demo.yaml",
-        *TINY,
+        *DEMO,
         "trainer.max_epochs=60",
         "--out",
         str(out),

@@ -91,4 +91,10 @@ def test_readme_config_reference_is_a_valid_config():
     defaults = Config().model_dump(mode="json")
     for section in ("data", "model", "trainer"):  # the reference shows every key, at its default
         assert set(tree[section]) == set(defaults[section]), section
-    assert {name for name, _ in cfg.stage_list()} == {"supervised", "pretrain", "openset"}
+    from uniframework.registry import STAGES
+
+    stages = dict(cfg.stage_list())
+    assert set(stages) == set(STAGES.names())  # every stage is documented...
+    for name, opts in stages.items():  # ...with every option
+        listed = next(entry[name] for entry in tree["stages"] if name in entry)
+        assert set(listed) == set(type(opts).model_fields), name

@@ -38,6 +38,7 @@ PLUGINS = [
     "uniframework.supervised.stage",
     "uniframework.discover.stage",
     "uniframework.incremental.stage",
+    "uniframework.detect.stage",
 ]
 
 

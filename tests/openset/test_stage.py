@@ -17,7 +17,7 @@ def test_auto_labelling_takes_the_highest_energy_fraction():
 
 
 def test_openset_needs_novel_classes(tmp_path):
-    cfg = load_config("configs/demo.yaml", [*TINY, "data.num_known=10"])
+    cfg = load_config("configs/demo.yaml", [*TINY, "data.num_known=10", "data.num_tasks=1"])
     with pytest.raises(UserError, match="needs novel classes"):
         run(cfg, tmp_path)
 

@@ -1,0 +1,95 @@
+"""ORE's detection parts: auto-labelling, clustering, energy identifier, exemplars."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from uniframework.detect.ore import (
+    ContrastiveClustering,
+    apply_identifier,
+    auto_label_unknowns,
+    fit_identifier,
+    select_exemplars,
+)
+
+GT = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+PROPOSALS = torch.tensor(
+    [
+        [0.0, 0.0, 10.0, 10.0],  # the GT itself (IoU 1)
+        [1.0, 1.0, 11.0, 11.0],  # overlaps the GT (IoU ~0.68)
+        [5.0, 0.0, 15.0, 10.0],  # overlaps it by a third (IoU 0.33)
+        [30.0, 30.0, 40.0, 40.0],  # free
+        [50.0, 50.0, 60.0, 60.0],  # free
+        [70.0, 70.0, 80.0, 80.0],  # free
+    ]
+)
+OBJECTNESS = torch.tensor([0.99, 0.95, 0.9, 0.3, 0.8, 0.1])
+
+
+def test_auto_label_picks_top_k_non_overlapping():
+    idx = auto_label_unknowns(PROPOSALS, OBJECTNESS, GT, k=2, iou_thresh=0.3)
+    # the three most objectness-like proposals overlap the GT: skipped, whatever their score
+    assert idx.tolist() == [4, 3]
+
+
+def test_auto_label_threshold_and_limits():
+    # a looser threshold lets the one-third overlap in, as the top free proposal
+    assert auto_label_unknowns(PROPOSALS, OBJECTNESS, GT, 1, iou_thresh=0.5).tolist() == [2]
+    # k larger than the free proposals: all of them, by objectness
+    assert auto_label_unknowns(PROPOSALS, OBJECTNESS, GT, 10, 0.3).tolist() == [4, 3, 5]
+    # no GT in the image: the top-k overall
+    assert auto_label_unknowns(PROPOSALS, OBJECTNESS, GT[:0], 2, 0.3).tolist() == [0, 1]
+    assert len(auto_label_unknowns(PROPOSALS, OBJECTNESS, GT, 0, 0.3)) == 0
+
+
+def test_clustering_off_until_live_then_pulls_to_prototypes():
+    cc = ContrastiveClustering(num_classes=3, dim=4, store_size=5, margin=10.0, every=1)
+    f = torch.randn(6, 4, requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1, -1, 2])  # -1: background, ignored
+    assert float(cc.step(f, y, live=False).detach()) == 0.0
+    assert not cc.ready.any()  # no prototypes before it is live
+    loss = cc.step(f, y, live=True)
+    assert cc.ready.tolist() == [True, True, True]
+    # a first prototype is its class's store mean (two steps of the same features)
+    assert torch.allclose(cc.prototypes[0], f[:2].detach().mean(0), atol=1e-6)
+    loss.backward()
+    assert f.grad is not None and float(f.grad[4].abs().sum()) == 0.0  # background untouched
+
+
+def test_energy_identifier_relabels_and_drops():
+    gen = torch.Generator().manual_seed(0)
+    # known proposals: one large known logit (low energy); unknowns: flat small logits
+    known = torch.randn(200, 6, generator=gen)
+    known[torch.arange(200), 1 + torch.arange(200) % 3] += 8.0
+    unk = torch.randn(200, 6, generator=gen) * 0.3
+    outlier = torch.full((1, 6), -30.0)  # one far-out unknown: left out of the fit
+    logits = torch.cat([known, unk, outlier])
+    labels = torch.cat([1 + torch.arange(200) % 3, torch.full((201,), 5)])  # 5 = C + 1
+    scorer = fit_identifier(logits, labels, num_classes=4, num_seen=3)
+    assert scorer.identifier.unknown.shape > 1.0  # not dragged to a degenerate fit
+    dets = {
+        "boxes": torch.zeros(3, 4),
+        "labels": torch.tensor([2, 1, 5]),  # known, known, unknown
+        "scores": torch.tensor([0.9, 0.8, 0.7]),
+        "logits": torch.stack([known[1], unk[0], known[2]]),
+    }
+    out = apply_identifier(dets, scorer, num_classes=4, num_seen=3)
+    # row 0 stays known; row 1 (flat logits) becomes unknown; row 2, an "unknown" detection
+    # the known density claims, is dropped
+    assert out["labels"].tolist() == [2, 5]
+    assert out["scores"].tolist() == pytest.approx([0.9, 0.8])
+
+
+def test_exemplars_are_class_balanced_herding():
+    gen = torch.Generator().manual_seed(0)
+    feats = {
+        0: [(i, torch.randn(8, generator=gen)) for i in range(10)],
+        1: [(100 + i, torch.randn(8, generator=gen)) for i in range(3)],
+    }
+    chosen = select_exemplars(feats, per_class=4)
+    assert len(chosen[0]) == 4 and len(chosen[1]) == 3  # capped by what a class has
+    assert set(chosen[0]) <= set(range(10)) and set(chosen[1]) == {100, 101, 102}
+    # herding's first pick is the image nearest the class mean (normalised features)
+    f = torch.nn.functional.normalize(torch.stack([x for _, x in feats[0]]), dim=1)
+    assert chosen[0][0] == int((f - f.mean(0)).norm(dim=1).argmin())

@@ -1,0 +1,107 @@
+"""A tiny `detect` run end to end: 2 tasks, 1 epoch each; artifacts, predict, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from uniframework.config import load_config
+from uniframework.detect.predict import predict_images
+from uniframework.errors import UserError
+from uniframework.pipeline import run
+
+TINY = {
+    "num_train": 28,
+    "num_test": 6,
+    "image_size": 64,
+    "digit_size": [12, 22],
+    "objects": [2, 3],
+    "val_fraction": 0.25,
+    "task_sizes": [2, 2],
+    "exemplars_per_class": 2,
+    "finetune_epochs": 1,
+    "rpn_pre_nms": 100,
+    "rpn_post_nms": 40,
+    "roi_batch": 32,
+}
+PER_TASK = ("map50_all", "map50_cur", "u_recall50", "wi", "a_ose")
+FINAL = ("map50", "map50_prev", "map50_cur", "u_recall50", "wi", "a_ose")
+
+
+def _cfg(**opts):
+    stage = json.dumps({**TINY, **opts})
+    return load_config(
+        None,
+        [
+            "trainer.accelerator=cpu",
+            "trainer.max_epochs=1",
+            f"stages=[{{detect: {stage}}}]",
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def ore_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ore")
+    return run_dir, run(_cfg(), run_dir)
+
+
+def test_tiny_run_writes_every_metric(ore_run):
+    run_dir, metrics = ore_run
+    for t in (1, 2):
+        for k in PER_TASK:
+            assert f"detect.task{t}.{k}" in metrics
+    assert "detect.task2.map50_prev" in metrics and "detect.task1.map50_prev" not in metrics
+    for k in FINAL:
+        assert f"detect.{k}" in metrics
+    assert all(0.0 <= metrics[f"detect.{k}"] <= 1.0 for k in ("map50", "u_recall50"))
+    assert metrics["detect.a_ose"] >= 0 and metrics["detect.wi"] >= 0
+    for f in ("detect/detections.png", "detect/owod_metrics.png", "detect/weibull.json"):
+        assert (run_dir / f).is_file()
+    assert (run_dir / "checkpoints" / "detect.safetensors").is_file()
+    assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+
+
+def test_predict_images_survives_a_bad_file(ore_run, tmp_path):
+    run_dir, _ = ore_run
+    good, bad = tmp_path / "scene.png", tmp_path / "broken.jpg"
+    Image.new("RGB", (64, 64), (128, 90, 40)).save(good)
+    bad.write_bytes(b"not an image")
+    out = predict_images(run_dir, [bad, good], min_score=0.0)
+    assert out[0]["path"] == str(bad) and "error" in out[0]
+    assert set(out[1]) == {"path", "boxes", "labels", "scores"}
+    assert len(out[1]["boxes"]) == len(out[1]["labels"]) == len(out[1]["scores"])
+    assert set(out[1]["labels"]) <= {"0", "1", "2", "3", "unknown"}
+    with pytest.raises(UserError, match="no finished detect stage"):
+        predict_images(tmp_path, [good])
+
+
+def test_resume_skips_finished_tasks(ore_run, tmp_path, caplog):
+    run_dir, metrics = ore_run
+    # a run cut off during task 2: only task 1's checkpoint and record exist
+    copy = tmp_path / "cut"
+    (copy / "checkpoints" / "detect").mkdir(parents=True)
+    (copy / "detect").mkdir()
+    for f in ("checkpoints/detect/task1.safetensors", "detect/task1.json"):
+        (copy / f).write_bytes((run_dir / f).read_bytes())
+    with caplog.at_level("INFO", logger="uniframework.detect.stage"):
+        again = run(_cfg(), copy)
+    assert "task 1 finished earlier" in caplog.text
+    assert {k: v for k, v in again.items() if ".task1." in k} == {
+        k: v for k, v in metrics.items() if ".task1." in k
+    }
+
+
+def test_baseline_has_no_unknowns(tmp_path):
+    metrics = run(_cfg(method="baseline", task_sizes=[2]), tmp_path)
+    assert metrics["detect.u_recall50"] == 0.0
+    assert "detect.map50_prev" not in metrics  # one task: nothing was known before
+    out = predict_images(tmp_path, [])
+    assert out == []
+
+
+def test_bad_task_class_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="class 'eleven'"):
+        run(_cfg(tasks=[["1"], ["eleven"]]), tmp_path)

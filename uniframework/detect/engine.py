@@ -1,0 +1,150 @@
+"""The loops of the `detect` stage: training, the held-out pass, detection, exemplar choice.
+
+Plain PyTorch on one device (the detector's outside state — feature store, Weibulls — is not
+DDP-synchronised, so the stage does not use Lightning's strategies).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..errors import UserError
+from ..openset.weibull import EnergyWeibullScorer
+from ..training import warmup_cosine
+from .datasets import DetectionSet, collate
+from .metrics import UNKNOWN
+from .model import OpenWorldDetector
+from .ore import ContrastiveClustering, apply_identifier, select_exemplars
+
+if TYPE_CHECKING:
+    from .stage import DetectOptions
+
+log = logging.getLogger(__name__)
+
+
+def device_for(accelerator: str) -> torch.device:
+    want_gpu = accelerator in ("auto", "gpu", "cuda")
+    return torch.device("cuda" if want_gpu and torch.cuda.is_available() else "cpu")
+
+
+def _to(targets: list[dict], device: torch.device) -> list[dict]:
+    return [{k: v.to(device) for k, v in t.items()} for t in targets]
+
+
+def train_detector(
+    model: OpenWorldDetector,
+    clustering: ContrastiveClustering | None,
+    data: DetectionSet,
+    epochs: int,
+    lr: float,
+    opts: DetectOptions,
+    device: torch.device,
+    seed: int,
+    what: str,
+) -> None:
+    """AdamW with warm-up + cosine over `epochs` on `data` (model-space labels)."""
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(data, opts.batch_size, shuffle=True, collate_fn=collate, generator=gen)
+    optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=opts.weight_decay)
+    total = epochs * len(loader)
+    warmup = min(50, max(1, total // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: warmup_cosine(s, warmup, total))
+    live_from = int(opts.contrastive_start * total)
+    model.train().to(device)
+    step = 0
+    for epoch in range(epochs):
+        sums: dict[str, float] = {}
+        for images, targets, _ in loader:
+            images = [im.to(device) for im in images]
+            losses, roi, _, labels = model.forward_train(images, _to(targets, device))
+            if clustering is not None and opts.contrastive_weight > 0:
+                # clustering classes: known 0..C-1, unknown C; background (-1) is ignored
+                cc = clustering.step(roi, labels - 1, live=step >= live_from)
+                losses["loss_clustering"] = opts.contrastive_weight * cc
+            loss = sum(losses.values())
+            if not math.isfinite(float(loss.detach())):
+                raise UserError(
+                    f"detect: the loss became {float(loss)} ({what}, epoch {epoch + 1}); lower "
+                    "`lr` or check the boxes of the data (x2 > x1, y2 > y1)"
+                )
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optim.step()
+            sched.step()
+            step += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+        means = ", ".join(f"{k} {v / max(1, len(loader)):.3f}" for k, v in sums.items())
+        log.info("detect %s: epoch %d/%d: %s", what, epoch + 1, epochs, means)
+
+
+@torch.no_grad()
+def heldout_logits(
+    model: OpenWorldDetector, data: DetectionSet, device: torch.device, batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [N, K] and model labels [N] of the sampled (incl. auto-labelled) proposals."""
+    model.eval().to(device)
+    logits, labels = [], []
+    for images, targets, _ in DataLoader(data, batch, collate_fn=collate):
+        images = [im.to(device) for im in images]
+        _, _, lg, lab = model.forward_train(images, _to(targets, device))
+        logits.append(lg.cpu())
+        labels.append(lab.cpu())
+    return torch.cat(logits), torch.cat(labels)
+
+
+@torch.no_grad()
+def detect_all(
+    model: OpenWorldDetector,
+    data: DetectionSet,
+    scorer: EnergyWeibullScorer | None,
+    order: list[int],
+    device: torch.device,
+    batch: int,
+) -> list[dict[str, torch.Tensor]]:
+    """Detections on every image, labels in dataset space (-1 = unknown)."""
+    model.eval().to(device)
+    lut = torch.tensor([-1] + list(order) + [UNKNOWN])  # model label -> dataset label
+    out = []
+    for images, _, _ in DataLoader(data, batch, collate_fn=collate):
+        for d in model.detect([im.to(device) for im in images]):
+            d = {k: v.cpu() for k, v in d.items()}
+            if scorer is not None:
+                d = apply_identifier(d, scorer, model.roi_heads.num_classes, model.num_seen)
+            d["labels"] = lut[d["labels"]]
+            out.append(d)
+    return out
+
+
+def exemplar_set(
+    model: OpenWorldDetector,
+    pool: DetectionSet,
+    per_class: int,
+    device: torch.device,
+    batch: int,
+) -> list[int]:
+    """Pool indices of the class-balanced exemplar images (herding per seen class on the mean
+    RoI feature of the class's boxes in each image); `pool` has model-space labels."""
+    model.eval().to(device)
+    feats: dict[int, list] = {}
+    for images, targets, index in DataLoader(pool, batch, collate_fn=collate):
+        keep = [i for i, t in enumerate(targets) if len(t["labels"])]
+        if not keep:
+            continue
+        roi = model.gt_features(
+            [images[i].to(device) for i in keep], _to([targets[i] for i in keep], device)
+        )
+        for i, f in zip(keep, roi):
+            labels = targets[i]["labels"]
+            for c in labels.unique().tolist():
+                feats.setdefault(c, []).append(
+                    (index[i], f[labels.to(f.device) == c].mean(0).cpu())
+                )
+    chosen = select_exemplars(feats, per_class)
+    return sorted({i for idx in chosen.values() for i in idx})

@@ -1,0 +1,151 @@
+"""ORE's parts for detection (Joseph et al., CVPR 2021, arXiv 2103.02603).
+
+- Auto-labelling unknowns (§4.2): among the RPN proposals that overlap no ground-truth box, the
+  top-k by objectness are labelled "unknown" (OWOD: ``NUM_UNK_PER_IMAGE = 1``; IoU below the
+  background threshold).
+- Contrastive clustering (§4.1) of the RoI head's feature: a per-class feature store and
+  momentum prototypes (`uniframework.supervised.prototypes`); the unknown class has its own
+  prototype, background none (OWOD's ``clstr_loss_l2_cdist`` masks background out).
+- Energy-based unknown identifier (§4.3): Weibulls on the energies of known and auto-labelled
+  unknown proposals of a held-out pass (`uniframework.openset.weibull`; far-out energies are
+  left out of the fits, see `_inlier`); at test time a known
+  detection whose unknown density wins becomes "unknown", and an "unknown" detection whose
+  known density wins is dropped (OWOD's ``update_label_based_on_energy``).
+- Class-balanced exemplar fine-tuning (§4.4): per seen class, `m` images chosen by herding on
+  a per-image feature of that class (the mean RoI feature of its boxes).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import box_iou
+
+from ..incremental.memory import herding
+from ..openset.scores import energy
+from ..openset.weibull import EnergyWeibullScorer
+from ..supervised.prototypes import FeatureStore, contrastive_clustering_loss, update_prototypes
+
+
+def auto_label_unknowns(
+    proposals: Tensor, objectness: Tensor, gt_boxes: Tensor, k: int, iou_thresh: float
+) -> Tensor:
+    """Indices into ``proposals [P, 4]`` of the (at most) `k` with the highest ``objectness
+    [P]`` among those whose IoU with every box of ``gt_boxes [G, 4]`` is below `iou_thresh`
+    (all proposals qualify when G = 0). Ordered by objectness, highest first."""
+    if k <= 0 or len(proposals) == 0:
+        return torch.zeros(0, dtype=torch.long, device=proposals.device)
+    free = torch.ones(len(proposals), dtype=torch.bool, device=proposals.device)
+    if len(gt_boxes):
+        free = box_iou(proposals, gt_boxes.to(proposals.dtype)).amax(1) < iou_thresh
+    cand = torch.nonzero(free).flatten()
+    top = objectness[cand].topk(min(k, len(cand))).indices
+    return cand[top]
+
+
+class ContrastiveClustering(nn.Module):
+    """Feature store + prototypes over ``num_classes`` clustering classes (known classes and
+    unknown; labels outside ``[0, num_classes)`` — background — are ignored).
+
+    `step(features [N, R], labels [N], live)` fills the store every call; once `live`, the
+    prototypes start as the store means, follow them with `momentum` every `every` steps, and
+    the hinge loss is returned (otherwise zero).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        store_size: int = 20,
+        momentum: float = 0.99,
+        margin: float = 10.0,
+        every: int = 10,
+    ) -> None:
+        super().__init__()
+        self.store = FeatureStore(num_classes, dim, store_size)
+        self.momentum, self.margin, self.every = momentum, margin, every
+        self.register_buffer("prototypes", torch.zeros(num_classes, dim))
+        self.register_buffer("ready", torch.zeros(num_classes, dtype=torch.bool))
+        self.steps = 0
+
+    def step(self, features: Tensor, labels: Tensor, live: bool) -> Tensor:
+        self.store.update(features, labels)
+        self.steps += 1
+        if not live:
+            return features.sum() * 0.0
+        means, valid = self.store.means(sync=True)
+        fresh = valid & ~self.ready  # a class's first prototype is its store mean
+        if self.steps % self.every == 0 or bool(fresh.any()):
+            new = update_prototypes(self.prototypes, means, self.momentum, valid & self.ready)
+            new = torch.where(fresh[:, None], means, new)
+            self.prototypes.copy_(new)
+            self.ready |= valid
+        return contrastive_clustering_loss(
+            features, labels, self.prototypes, self.margin, valid=self.ready
+        )
+
+
+def known_logits(logits: Tensor, num_seen: int) -> Tensor:
+    """The logits of the seen known classes, ``[N, num_seen]`` (background / unknown out)."""
+    return logits[:, 1 : 1 + num_seen]
+
+
+def fit_identifier(
+    logits: Tensor, labels: Tensor, num_classes: int, num_seen: int, temperature: float = 1.5
+) -> EnergyWeibullScorer:
+    """Weibull fits on held-out proposals: ``logits [N, K]``, model-space ``labels [N]``; known
+    foreground (1..num_classes) vs auto-labelled unknown (num_classes + 1); background is
+    not used (OWOD's ``compute_energy`` takes the foreground and unknown proposals)."""
+    fg = (labels > 0) & (labels <= num_classes)
+    unk = labels == num_classes + 1
+    scorer = EnergyWeibullScorer(temperature=temperature)
+    x = -energy(known_logits(logits, num_seen), temperature)  # [N], what the Weibulls fit
+    keep = (fg & _inlier(x, fg)) | (unk & _inlier(x, unk))
+    lab = torch.where(unk[keep], -1, labels[keep] - 1)
+    return scorer.fit(None, known_logits(logits[keep], num_seen), lab)
+
+
+def _inlier(x: Tensor, group: Tensor) -> Tensor:
+    """[N] bool: inside Tukey's far-out fences (quartiles -+ 3 IQR) of `x[group]`.
+
+    Our addition: the 3-parameter Weibull MLE puts `loc` below the smallest sample, so one
+    far-out proposal (a held-out box whose logits are all very negative) can drag the fit to a
+    degenerate shape < 1 that then claims no test detection at all."""
+    v = x[group]
+    if len(v) < 8:
+        return torch.ones_like(x, dtype=torch.bool)
+    q1, q3 = torch.quantile(v, 0.25), torch.quantile(v, 0.75)
+    far = 3.0 * (q3 - q1)
+    return (x >= q1 - far) & (x <= q3 + far)
+
+
+def apply_identifier(
+    dets: dict[str, Tensor], scorer: EnergyWeibullScorer, num_classes: int, num_seen: int
+) -> dict[str, Tensor]:
+    """Relabel one image's detections (model space, ``logits [n, K]``): known -> unknown where
+    the unknown density wins; unknown detections the known density claims are dropped."""
+    unknown_label = num_classes + 1
+    if len(dets["labels"]) == 0:
+        return dets
+    is_unk = scorer.predict_unknown(known_logits(dets["logits"], num_seen)).to(
+        dets["labels"].device
+    )
+    labels = torch.where(is_unk, torch.full_like(dets["labels"], unknown_label), dets["labels"])
+    keep = is_unk | (dets["labels"] != unknown_label)
+    return {k: (labels if k == "labels" else v)[keep] for k, v in dets.items()}
+
+
+def select_exemplars(
+    image_features: dict[int, list[tuple[int, Tensor]]], per_class: int
+) -> dict[int, list[int]]:
+    """Class-balanced exemplar images: ``{class: [(image index, feature [R]), ...]}`` ->
+    ``{class: image indices}``, `per_class` per class chosen by iCaRL herding (closest running
+    mean to the class mean), in herding order."""
+    out = {}
+    for c, rows in sorted(image_features.items()):
+        if not rows:
+            continue
+        index = torch.tensor([i for i, _ in rows])
+        feats = torch.stack([f for _, f in rows])  # [n_c, R]
+        out[c] = index[herding(feats, per_class)].tolist()
+    return out

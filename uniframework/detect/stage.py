@@ -1,0 +1,315 @@
+"""The `detect` stage: open-world object detection, ORE vs a plain Faster R-CNN, task by task.
+
+For each task t of the protocol (`tasks.py`):
+1. train on task t's image chunk with only task t's classes annotated (ORE: + auto-labelled
+   unknowns, + contrastive clustering from `contrastive_start` of the task's steps on);
+2. from task 2 on, fine-tune on class-balanced exemplar images (herding, `ore.py`), annotated
+   with every class seen so far (both methods, as ORE's "Faster R-CNN + Finetuning" baseline);
+3. ORE: fit the energy Weibulls on the held-out images;
+4. evaluate on the test images: known mAP@50 (previous / current / all), U-Recall@50, WI,
+   A-OSE (`metrics.py`).
+
+Writes `checkpoints/detect.safetensors` (final model + what rebuilds it), `detect/weibull.json`,
+per-task checkpoints for resume (`checkpoints/detect/task<t>.safetensors` + `detect/task<t>.json`),
+`detect/detections.png` and `detect/owod_metrics.png`. Metrics: `task<t>.<metric>` per task
+(`map50_all`, `map50_prev` from task 2 on, `map50_cur`, `u_recall50`, `wi`, `a_ose`) and the
+last task's unprefixed (`map50_all` as `map50`). The loops (`engine.py`) are plain PyTorch on
+one device (`trainer.accelerator`): the state outside the weights (feature store, Weibulls) is
+not DDP-synchronised.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from ..config import Section
+from ..errors import UserError
+from ..io import load_weights, read_json, save_weights, write_json
+from ..openset.weibull import EnergyWeibullScorer
+from ..registry import STAGES
+from .datasets import DetectionSet, load_coco, load_voc
+from .engine import detect_all, device_for, exemplar_set, heldout_logits, train_detector
+from .metrics import owod_metrics
+from .model import OpenWorldDetector
+from .ore import ContrastiveClustering, fit_identifier
+from .scenes import digit_scenes
+from .tasks import TaskProtocol, build_protocol, split_images
+
+log = logging.getLogger(__name__)
+
+
+class DetectOptions(Section):
+    """Options of the `detect` stage (its data options live here: `data` is classification's)."""
+
+    method: Literal["ore", "baseline"] = "ore"
+    # data
+    dataset: Literal["digit_scenes", "voc", "coco"] = "digit_scenes"
+    root: str | None = None  # voc / coco folder
+    train_split: str = "trainval"  # voc: ImageSets/Main/<split>.txt; coco: instances_<split>
+    test_split: str = "test"
+    classes: list[str] | None = None  # voc / coco class list; None = from the annotations
+    num_train: int = Field(600, ge=4)  # digit scenes
+    num_test: int = Field(200, ge=1)
+    objects: tuple[int, int] = (2, 5)  # digits per scene (min, max)
+    digit_size: tuple[int, int] = (18, 36)  # digit height in pixels (min, max)
+    image_size: int = Field(112, ge=32, le=2048)  # scene side; detector input (min = max size)
+    val_fraction: float = Field(0.1, gt=0, lt=1)  # training images held out (Weibull fits)
+    # protocol: explicit class names per task, or sizes over the (sorted | random) classes
+    tasks: list[list[str]] | None = None
+    task_sizes: list[int] = Field(default_factory=lambda: [5, 3])
+    class_order: Literal["sorted", "random"] = "sorted"
+    # detector
+    backbone: str = "resnet_tiny"
+    fpn_levels: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])  # timm feature levels
+    fpn_channels: int = Field(64, ge=8)
+    anchor_sizes: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256])
+    representation: int = Field(128, ge=8)  # RoI box-head width (the clustering space)
+    rpn_pre_nms: int = Field(300, ge=1)
+    rpn_post_nms: int = Field(100, ge=1)
+    roi_batch: int = Field(64, ge=2)  # sampled RoIs per image
+    detections_per_img: int = Field(50, ge=1)
+    score_thresh: float = Field(0.05, ge=0, lt=1)
+    # training
+    epochs: int | None = Field(None, ge=1)  # per task; None = trainer.max_epochs
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(3e-3, gt=0)  # AdamW, warm-up + cosine
+    weight_decay: float = Field(1e-4, ge=0)
+    exemplar_finetune: bool = True  # class-balanced fine-tune from task 2 on
+    exemplars_per_class: int = Field(50, ge=1)  # images per class (OWOD: 50)
+    finetune_epochs: int = Field(4, ge=1)
+    finetune_lr: float | None = Field(None, gt=0)  # None = lr
+    # ORE (ignored by method: baseline)
+    unknown_topk: int = Field(1, ge=1)  # auto-labelled unknowns per image (OWOD: 1)
+    unknown_iou: float = Field(0.3, gt=0, le=1)  # "overlaps no GT": IoU below this with all
+    contrastive_weight: float = Field(0.1, ge=0)
+    contrastive_margin: float = Field(10.0, gt=0)  # paper: 10
+    store_size: int = Field(20, ge=1)  # features per class in the store (paper: 20)
+    prototype_momentum: float = Field(0.99, ge=0, le=1)  # paper: 0.99
+    prototype_every: int = Field(10, ge=1)  # steps between prototype updates
+    contrastive_start: float = Field(0.25, ge=0, le=1)  # fraction of a task's steps
+    temperature: float = Field(1.5, gt=0)  # energy T (official code)
+    figures: bool = True
+
+    @model_validator(mode="after")
+    def _pairs_ordered(self) -> DetectOptions:
+        for name in ("objects", "digit_size"):
+            lo, hi = getattr(self, name)
+            if not 1 <= lo <= hi:
+                raise ValueError(f"'{name}' must be (min, max) with 1 <= min <= max")
+        if self.digit_size[1] >= self.image_size:
+            raise ValueError("'digit_size' max must be smaller than 'image_size'")
+        return self
+
+
+def model_kwargs(opts: DetectOptions, num_classes: int) -> dict:
+    """Everything `OpenWorldDetector` needs to be rebuilt (stored in the weights' metadata)."""
+    return dict(
+        num_classes=num_classes,
+        unknown=opts.method == "ore",
+        backbone=opts.backbone,
+        image_size=opts.image_size,
+        fpn_levels=list(opts.fpn_levels),
+        fpn_channels=opts.fpn_channels,
+        anchor_sizes=list(opts.anchor_sizes),
+        representation=opts.representation,
+        rpn_pre_nms=opts.rpn_pre_nms,
+        rpn_post_nms=opts.rpn_post_nms,
+        roi_batch=opts.roi_batch,
+        detections_per_img=opts.detections_per_img,
+        score_thresh=opts.score_thresh,
+        unknown_topk=opts.unknown_topk,
+        unknown_iou=opts.unknown_iou,
+    )
+
+
+def load_data(opts: DetectOptions, seed: int) -> tuple[DetectionSet, DetectionSet]:
+    """(train, test) detection sets of `opts.dataset`."""
+    if opts.dataset == "digit_scenes":
+        kw = dict(image_size=opts.image_size, objects=opts.objects, digit_size=opts.digit_size)
+        return (
+            digit_scenes(opts.num_train, "train", seed=seed, **kw),
+            digit_scenes(opts.num_test, "test", seed=seed, **kw),
+        )
+    if opts.root is None:
+        raise UserError(f"detect dataset '{opts.dataset}' needs `root`: the dataset folder")
+    loader = load_voc if opts.dataset == "voc" else load_coco
+    train = loader(opts.root, opts.train_split, opts.classes)
+    return train, loader(opts.root, opts.test_split, train.classes)
+
+
+def to_model_space(data: DetectionSet, order: list[int]) -> DetectionSet:
+    """Dataset labels -> model labels (1 + position in the protocol order); objects of classes
+    outside `order` must have been removed before."""
+    lut = torch.zeros(len(data.classes), dtype=torch.long)
+    lut[torch.tensor(order)] = torch.arange(1, len(order) + 1)
+    targets = [{"boxes": t["boxes"], "labels": lut[t["labels"]]} for t in data.targets]
+    return DetectionSet(data.images, targets, data.classes, data.names)
+
+
+def _task_files(run_dir: Path, t: int) -> tuple[Path, Path]:
+    return (
+        run_dir / "checkpoints" / "detect" / f"task{t + 1}.safetensors",
+        run_dir / "detect" / f"task{t + 1}.json",
+    )
+
+
+@STAGES.register("detect")
+class DetectStage:
+    """Open-world detection: ORE (or a plain Faster R-CNN) over the task protocol."""
+
+    Options = DetectOptions
+
+    @staticmethod
+    def run(ctx, opts: DetectOptions) -> dict[str, float]:
+        cfg, run_dir = ctx.cfg, Path(ctx.run_dir)
+        device = device_for(cfg.trainer.accelerator)
+        epochs = opts.epochs or cfg.trainer.max_epochs
+        torch.manual_seed(cfg.seed)
+        train_all, test = load_data(opts, cfg.seed)
+        protocol = build_protocol(
+            train_all.classes, opts.tasks, opts.task_sizes, opts.class_order, cfg.seed
+        )
+        order = protocol.order
+        n_val = max(2, int(round(opts.val_fraction * len(train_all))))
+        perm = torch.randperm(len(train_all), generator=torch.Generator().manual_seed(cfg.seed))
+        val, train = (
+            train_all.subset(perm[:n_val].sort().values),
+            train_all.subset(perm[n_val:].sort().values),
+        )
+        chunks = split_images(len(train), len(protocol.tasks), cfg.seed)
+        ore = opts.method == "ore"
+        model = OpenWorldDetector(**model_kwargs(opts, len(order)))
+        clustering = None
+        if ore:
+            clustering = ContrastiveClustering(
+                len(order) + 1,  # known classes + unknown
+                opts.representation,
+                opts.store_size,
+                opts.prototype_momentum,
+                opts.contrastive_margin,
+                opts.prototype_every,
+            )
+        log.info(
+            "detect: %s on %s, %d train / %d held-out / %d test images, tasks %s (unknown "
+            "throughout: %s), %d epochs per task on %s",
+            opts.method, opts.dataset, len(train), len(val), len(test),
+            [[train_all.classes[c] for c in task] for task in protocol.tasks],
+            [train_all.classes[c] for c in protocol.unknown(len(protocol.tasks) - 1)],
+            epochs, device,
+        )  # fmt: skip
+        metrics: dict[str, float] = {}
+        per_task: list[dict[str, float]] = []
+        scorer = None
+        for t, classes in enumerate(protocol.tasks):
+            model.num_seen = len(protocol.seen(t))
+            weights, record = _task_files(run_dir, t)
+            if weights.is_file() and record.is_file():  # finished before a cut-off: resume
+                state, _ = load_weights(weights)
+                _load_state(model, clustering, state)
+                saved = read_json(record)
+                scorer = _scorer(saved.get("weibull"))
+                result = saved["metrics"]
+                log.info("detect: task %d finished earlier, loaded from %s", t + 1, weights)
+            else:
+                scorer, result = _run_task(
+                    ctx, opts, protocol, t, model, clustering, train, val, test, chunks,
+                    epochs, device,
+                )  # fmt: skip
+                state = {f"model.{k}": v for k, v in model.state_dict().items()}
+                if clustering is not None:
+                    state.update({f"clustering.{k}": v for k, v in clustering.state_dict().items()})
+                save_weights(weights, state, {"stage": "detect", "task": t + 1})
+                write_json(
+                    record,
+                    {"metrics": result, "weibull": scorer.state_dict() if scorer else None},
+                )
+            log.info(
+                "detect: task %d (%s): %s", t + 1, [train_all.classes[c] for c in classes], result
+            )
+            per_task.append(result)
+            metrics.update({f"task{t + 1}.{k}": v for k, v in result.items()})
+        last = dict(per_task[-1])
+        last["map50"] = last.pop("map50_all")  # the final task's keys carry no prefix
+        metrics.update(last)
+        meta = {
+            "stage": "detect",
+            "method": opts.method,
+            "model": model_kwargs(opts, len(order)),
+            "num_seen": model.num_seen,
+            "class_names": [train_all.classes[c] for c in order],  # model labels 1..C
+        }
+        save_weights(ctx.weights_path("detect"), model.state_dict(), meta)
+        write_json(run_dir / "detect" / "weibull.json", scorer.state_dict() if scorer else None)
+        if opts.figures:
+            from .figures import plot_detections, plot_owod_metrics
+
+            sample = test.subset(range(min(6, len(test))))
+            dets = detect_all(model, sample, scorer, order, device, opts.batch_size)
+            plot_detections(sample, dets, run_dir / "detect" / "detections.png")
+            plot_owod_metrics(per_task, run_dir / "detect" / "owod_metrics.png")
+        return metrics
+
+
+def _scorer(state: dict | None) -> EnergyWeibullScorer | None:
+    return EnergyWeibullScorer.from_state_dict(state) if state else None
+
+
+def _load_state(model, clustering, state: dict) -> None:
+    model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+    if clustering is not None:
+        clustering.load_state_dict(
+            {k[11:]: v for k, v in state.items() if k.startswith("clustering.")}
+        )
+        clustering.ready |= clustering.store.count > 0
+
+
+def _run_task(
+    ctx,
+    opts,
+    protocol: TaskProtocol,
+    t,
+    model,
+    clustering,
+    train,
+    val,
+    test,
+    chunks,
+    epochs,
+    device,
+):
+    """Train, fine-tune, calibrate and evaluate task t; returns (scorer, metrics)."""
+    seed = ctx.cfg.seed + t
+    order, seen = protocol.order, protocol.seen(t)
+    task_data = to_model_space(train.subset(chunks[t]).with_labels(protocol.tasks[t]), order)
+    train_detector(
+        model, clustering, task_data, epochs, opts.lr, opts, device, seed, f"task {t + 1}"
+    )
+    if t > 0 and opts.exemplar_finetune:
+        seen_idx = sorted(int(i) for c in chunks[: t + 1] for i in c)
+        pool = to_model_space(train.subset(seen_idx).with_labels(seen), order)
+        chosen = exemplar_set(model, pool, opts.exemplars_per_class, device, opts.batch_size)
+        log.info(
+            "detect task %d: class-balanced fine-tune on %d exemplar images", t + 1, len(chosen)
+        )
+        train_detector(
+            model, clustering, pool.subset(chosen), opts.finetune_epochs,
+            opts.finetune_lr or opts.lr, opts, device, seed, f"task {t + 1} fine-tune",
+        )  # fmt: skip
+    scorer = None
+    if opts.method == "ore":
+        held = to_model_space(val.with_labels(seen), order)
+        logits, labels = heldout_logits(model, held, device, opts.batch_size)
+        try:
+            scorer = fit_identifier(
+                logits, labels, len(order), len(seen), temperature=opts.temperature
+            )
+        except ValueError as err:  # too few or degenerate energies: no relabelling this task
+            log.warning("detect task %d: no energy identifier (%s)", t + 1, err)
+    dets = detect_all(model, test, scorer, order, device, opts.batch_size)
+    result = owod_metrics(dets, test.targets, seen, protocol.previous(t))
+    return scorer, result
