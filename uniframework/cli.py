@@ -1,4 +1,4 @@
-"""`uniframework run | demo | list` — exit 0 on success, 2 on bad input with a message."""
+"""`uniframework run | demo | predict | report | list` — exit 0 on success, 2 on bad input."""
 
 from __future__ import annotations
 
@@ -31,6 +31,19 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the open-world loop on the embedded digits", epilog=EPILOG)
     _add_run_args(d)
     sub.add_parser("list", help="registered backbones, datasets and stages")
+    pr = sub.add_parser(
+        "predict",
+        help="known class / unknown / discovered class of images, with scores",
+        description="Predict images with a finished run's models (one row per image).",
+    )
+    pr.add_argument("run_dir", type=Path, help="run directory (runs/<name> or run --out)")
+    pr.add_argument("images", nargs="+", type=Path, help="image files or folders of them")
+    pr.add_argument("--out", type=Path, help="output file (default: stdout)")
+    pr.add_argument(
+        "--format", choices=["csv", "json"], help="default: json for a .json --out, else csv"
+    )
+    rp = sub.add_parser("report", help="(re)write RUN_DIR/report.html")
+    rp.add_argument("run_dir", type=Path, help="run directory (runs/<name> or run --out)")
     return p
 
 
@@ -71,6 +84,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             return cmd_list()
+        if args.command == "predict":
+            from .predict import run_predict
+
+            return run_predict(args.run_dir, args.images, args.out, args.format)
+        if args.command == "report":
+            from .report import write_report
+
+            print(f"report: {write_report(args.run_dir)}")
+            return 0
         return cmd_run(demo_config() if args.command == "demo" else args.config, args)
     except UserError as err:
         print(f"uniframework: error: {err}", file=sys.stderr)

@@ -132,6 +132,10 @@ def run(cfg: Config, run_dir: Path | None = None, restart_from: str | None = Non
         write_json(run_dir / "metrics.json", metrics)
         write_json(run_dir / "state.json", state)
         log.info("stage %s: done in %.1f s: %s", name, state["seconds"][name], result)
+    if rank_zero_only.rank == 0:
+        from .report import try_write_report  # imported here: report.py imports pipeline
+
+        try_write_report(run_dir)
     return metrics
 
 

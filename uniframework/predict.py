@@ -1,0 +1,242 @@
+"""`uniframework predict`: known class / unknown / discovered class of image files, with scores.
+
+Per image (files, or folders walked for image files), with the run's models:
+- `known_class`, `known_prob`, `scores`: the supervised classifier's softmax over the known
+  classes (its argmax, its probability, every class's probability);
+- `unknown_score`, `is_unknown`: the open-set detector (`openset/detector.json`) on the same
+  known-class logits (higher = more unknown); energy + Weibull decides by the Weibull fits;
+- `discovered_class`: the final classifier's (incremental, else discover) argmax over its
+  novel outputs, by name;
+- `prediction`: the known class, or for an unknown image its discovered class, else "unknown".
+Images are preprocessed like the run's test view (`make_transform`, the dataset's mean / std /
+size). A detection run (a `detect` stage) is handed to `uniframework.detect.predict`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .data import make_transform
+from .data.datasets import IMAGE_EXTENSIONS, read_image
+from .errors import UserError
+from .io import read_json
+from .report import final_stage, open_run
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "path",
+    "prediction",
+    "known_class",
+    "known_prob",
+    "unknown_score",
+    "is_unknown",
+    "discovered_class",
+    "scores",
+    "error",
+]
+UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)  # OSError: PIL's Unidentified*
+
+
+def image_paths(inputs: Sequence[str | Path]) -> list[tuple[Path, str | None]]:
+    """(path, error or None) per image: files as given, folders walked for image files."""
+    out: list[tuple[Path, str | None]] = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
+            )
+            out += [(f, None) for f in found]
+            if not found:
+                out.append(
+                    (p, f"folder holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+                )
+        else:
+            out.append((p, None if p.is_file() else "no such file or folder"))
+    return out
+
+
+def predict(run_dir: str | Path, inputs: Sequence[str | Path]) -> list[dict]:
+    """One row per image (see the module docstring); an unreadable file gets `{path, error}`."""
+    ctx, _ = open_run(run_dir)
+    paths = image_paths(inputs)
+    if "detect" in (name for name, _ in ctx.cfg.stage_list()):
+        return _predict_detect(ctx.run_dir, paths)
+    if not ctx.weights_path("supervised").is_file():
+        raise UserError(
+            f"'{ctx.run_dir}' has no supervised classifier ({ctx.weights_path('supervised')}): "
+            "predict needs a run with a finished `supervised` stage"
+        )
+    rows: list[dict] = [{"path": str(p), "error": e} for p, e in paths if e]
+    images, ok = [], []
+    for p, err in paths:
+        if err:
+            continue
+        try:
+            images.append(read_image(p))
+            ok.append(p)
+        except UNREADABLE as e:
+            rows.append({"path": str(p), "error": f"cannot read image ({type(e).__name__}: {e})"})
+    if images:
+        rows += _classify(ctx, ok, images)
+    order = {str(p): i for i, (p, _) in enumerate(paths)}  # rows in the order given
+    return sorted(rows, key=lambda r: order[r["path"]])
+
+
+@torch.no_grad()
+def _logits(model, batch: torch.Tensor, size: int) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x) for x in batch.split(size)]).float()
+
+
+def _classify(ctx, paths: list[Path], images: list[torch.Tensor]) -> list[dict]:
+    cfg = ctx.cfg
+    # the run's test-view preprocessing: its dataset's mean / std, resized to image_size
+    tf = make_transform(ctx.data.test, cfg.data.image_size, train=False)
+    batch = torch.stack([tf(img) for img in images])
+    model, meta = ctx.load_classifier("supervised")
+    k = int(meta.get("num_known", model.num_classes))
+    names = meta["class_names"][:k]  # model label order; the first k are the known classes
+    logits = _logits(model, batch, cfg.data.batch_size)
+    probs = logits[:, :k].softmax(1)
+    score, unknown = _unknown(ctx.run_dir, logits, k)
+    discovered = _discovered(ctx, batch, k)
+    rows = []
+    for i, p in enumerate(paths):
+        known = names[int(probs[i].argmax())]
+        found = discovered[i] if discovered else None
+        is_unknown = bool(unknown[i]) if unknown is not None else False
+        rows.append(
+            {
+                "path": str(p),
+                "prediction": (found or "unknown") if is_unknown else known,
+                "known_class": known,
+                "known_prob": round(float(probs[i].max()), 4),
+                "unknown_score": None if score is None else round(float(score[i]), 4),
+                "is_unknown": is_unknown,
+                "discovered_class": found,
+                "scores": {n: round(float(v), 4) for n, v in zip(names, probs[i], strict=True)},
+            }
+        )
+    return rows
+
+
+def _unknown(run_dir: Path, logits: torch.Tensor, k: int):
+    """(unknown score [N] or None, is-unknown [N] bool or None) from the saved detector; without
+    a decision rule, ORE's explicit "unknown" output decides when the model has one."""
+    from .openset.scores import make_scorer
+    from .openset.weibull import EnergyWeibullScorer
+
+    state = read_json(run_dir / "openset" / "detector.json")
+    known = logits[:, :k]
+    by_output = logits.argmax(1) == k if logits.shape[1] > k else None
+    if state is None:
+        if by_output is None:
+            log.warning("no openset stage in this run: every image is called known")
+            return None, None
+        return logits.softmax(1)[:, k], by_output
+    name, opts = state["name"], state.get("state", {})
+    if name == "energy_weibull":
+        scorer = EnergyWeibullScorer.from_state_dict(opts)
+        return scorer.score(None, known), scorer.predict_unknown(known)
+    if name in ("msp", "maxlogit", "energy"):  # logit scorers: a score, but no threshold saved
+        log.warning(
+            "detector '%s' saves no decision threshold: is_unknown %s; "
+            "stages.openset.detector=energy_weibull decides by its Weibull fits",
+            name,
+            "follows the model's unknown output" if by_output is not None else "is false",
+        )
+        return make_scorer(name, **opts).score(None, known), by_output
+    log.warning(
+        "detector '%s' keeps its fitted state in memory only: no unknown score; "
+        "use stages.openset.detector=energy_weibull",
+        name,
+    )
+    return None, by_output
+
+
+def _discovered(ctx, batch: torch.Tensor, k: int) -> list[str] | None:
+    """Name of the final classifier's best novel output per image; None without one."""
+    stage = final_stage(ctx)
+    if stage not in ("incremental", "discover"):
+        return None
+    model, meta = ctx.load_classifier(stage)
+    if model.num_classes <= k:
+        return None
+    if stage == "incremental":
+        names = meta["model_class_names"][k:]
+    else:
+        disc = read_json(ctx.run_dir / "discover" / "discovered.json", {})
+        names = disc.get("class_names") or []
+    names += [f"novel-{j}" for j in range(len(names), model.num_classes - k)]
+    best = _logits(model, batch, ctx.cfg.data.batch_size)[:, k:].argmax(1)
+    return [names[int(j)] for j in best]
+
+
+def _predict_detect(run_dir: Path, paths: list[tuple[Path, str | None]]) -> list[dict]:
+    try:
+        from .detect.predict import predict_images
+    except ImportError as err:
+        raise UserError(
+            f"'{run_dir}' is a detection run, but this installation cannot load the detection "
+            f"module ({err})"
+        ) from None
+    good = [p for p, e in paths if e is None]
+    rows = predict_images(run_dir, good) if good else []
+    return [{"path": str(p), "error": e} for p, e in paths if e] + rows
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def format_rows(rows: list[dict], fmt: str) -> str:
+    """CSV (lists / dicts / booleans as JSON in a cell, blanks for missing) or a JSON list."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+    cols += [c for c in dict.fromkeys(k for r in rows for k in r) if c not in cols]  # detection
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(cols)
+    writer.writerows([_cell(r.get(c)) for c in cols] for r in rows)
+    return buf.getvalue()
+
+
+def run_predict(
+    run_dir: str | Path, inputs: Sequence[str | Path], out: Path | None, fmt: str | None
+) -> int:
+    """The CLI command: predict, write CSV / JSON to `out` or stdout; UserError when no image
+    could be predicted."""
+    rows = predict(run_dir, inputs)
+    errors = [r for r in rows if "error" in r]
+    if len(errors) == len(rows):
+        listing = "\n  ".join(f"{r['path']}: {r['error']}" for r in errors[:10])
+        raise UserError(
+            f"none of the {len(rows)} input(s) could be predicted:\n  {listing}\n"
+            "Give image files (or folders of them) that PIL can read."
+        )
+    fmt = fmt or ("json" if out is not None and out.suffix.lower() == ".json" else "csv")
+    text = format_rows(rows, fmt)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        log.info("predictions for %d image(s) written to %s", len(rows), out)
+    if errors:
+        log.warning(
+            "%d of %d input(s) could not be read (rows with an error)", len(errors), len(rows)
+        )
+    return 0
