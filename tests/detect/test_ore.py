@@ -93,3 +93,21 @@ def test_exemplars_are_class_balanced_herding():
     # herding's first pick is the image nearest the class mean (normalised features)
     f = torch.nn.functional.normalize(torch.stack([x for _, x in feats[0]]), dim=1)
     assert chosen[0][0] == int((f - f.mean(0)).norm(dim=1).argmin())
+
+
+def test_a_degenerate_unknown_fit_falls_back_to_the_known_weibull():
+    from scipy.stats import weibull_min
+
+    # one known class: -energy equals its logit, so the Weibulls fit the logits themselves
+    known = torch.from_numpy(weibull_min.rvs(3.0, loc=5.0, scale=2.0, size=300, random_state=0))
+    unknown = torch.from_numpy(weibull_min.rvs(0.5, loc=0.0, scale=1.0, size=300, random_state=1))
+    x = torch.cat([known, unknown]).float()
+    logits = torch.stack([torch.zeros_like(x), x, torch.zeros_like(x)], 1)  # bg, class 1, unk
+    labels = torch.cat([torch.ones(300), torch.full((300,), 2)]).long()
+    scorer = fit_identifier(logits, labels, num_classes=1, num_seen=1, temperature=1.0)
+    assert scorer.identifier.unknown is None  # shape < 1: known-only identifier kept
+    ident = scorer.identifier
+    assert ident.known is not None and ident.known.shape > 1
+    # a known-looking logit stays known, one far below every known stays unknown
+    decide = scorer.predict_unknown(torch.tensor([[7.0], [0.5]]))  # the known logits
+    assert decide.tolist() == [False, True]
