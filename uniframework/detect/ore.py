@@ -17,8 +17,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou
@@ -27,8 +25,6 @@ from ..incremental.memory import herding
 from ..openset.scores import energy
 from ..openset.weibull import EnergyWeibullScorer
 from ..supervised.prototypes import FeatureStore, contrastive_clustering_loss, update_prototypes
-
-log = logging.getLogger(__name__)
 
 
 def auto_label_unknowns(
@@ -106,17 +102,7 @@ def fit_identifier(
     x = -energy(known_logits(logits, num_seen), temperature)  # [N], what the Weibulls fit
     keep = (fg & _inlier(x, fg)) | (unk & _inlier(x, unk))
     lab = torch.where(unk[keep], -1, labels[keep] - 1)
-    scorer.fit(None, known_logits(logits[keep], num_seen), lab)
-    fitted = scorer.identifier.unknown
-    if fitted is not None and fitted.shape < 1:
-        # A shape < 1 density is unbounded at `loc`: it wins or loses by where `loc` lands, not
-        # by the data (seen on task 2 of the digit scenes). Keep the known-only identifier:
-        # unknown where the known Weibull's CDF is below alpha.
-        log.warning(
-            "detect: unknown-energy Weibull degenerate (shape %.2f); known fit only", fitted.shape
-        )
-        scorer.identifier.unknown = None
-    return scorer
+    return scorer.fit(None, known_logits(logits[keep], num_seen), lab)
 
 
 def _inlier(x: Tensor, group: Tensor) -> Tensor:

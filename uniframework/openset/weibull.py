@@ -15,6 +15,7 @@ so they can be written as JSON.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -23,6 +24,8 @@ from scipy.stats import weibull_min
 from torch import Tensor
 
 from uniframework.openset.scores import Scorer, energy, register_scorer
+
+log = logging.getLogger(__name__)
 
 # Scores are clipped to +-LOG_RATIO_CAP where a density vanishes (outside a Weibull's support),
 # so metrics never see inf/nan.
@@ -74,9 +77,10 @@ class WeibullIdentifier:
     densities vanish (``-E`` left of both supports) the sample goes to the distribution whose
     support starts nearer, i.e. the one with the smaller ``loc``.
 
-    Fallback without unknown samples (our choice; ORE always has auto-labelled unknowns): only the
-    known Weibull is fitted, ``score = -log F_known(-E)`` (how improbably low ``-E`` is for a
-    known), and a sample is unknown when ``F_known(-E) < alpha``.
+    Fallback without unknown samples, or when their fit is degenerate (shape < 1) (our choice;
+    ORE always has auto-labelled unknowns): only the known Weibull is used,
+    ``score = -log F_known(-E)`` (how improbably low ``-E`` is for a known), and a sample is
+    unknown when ``F_known(-E) < alpha``.
     """
 
     def __init__(self, alpha: float = 0.05) -> None:
@@ -88,6 +92,14 @@ class WeibullIdentifier:
         self.known = fit_weibull(-torch.as_tensor(known_energy))
         has_unknown = unknown_energy is not None and len(unknown_energy) > 0
         self.unknown = fit_weibull(-torch.as_tensor(unknown_energy)) if has_unknown else None
+        if self.unknown is not None and self.unknown.shape < 1:
+            # A shape < 1 density is unbounded at `loc`: it wins or loses by where `loc` lands,
+            # not by the data (seen on ORE detection's second task). Keep the known-only rule.
+            log.warning(
+                "unknown-energy Weibull is degenerate (shape %.2f); using the known fit only",
+                self.unknown.shape,
+            )
+            self.unknown = None
         return self
 
     @property
