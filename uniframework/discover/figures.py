@@ -22,16 +22,17 @@ def embedding_figure(
     seed: int = 0,
     max_points: int = 1500,
 ) -> None:
-    """features [N, D], true model labels [N]; `is_novel` [N] is 0 for novel images, -1 for
-    known ones; `discovered` [number of novel images] their discovered labels (k..k+n-1)."""
+    """features [N, D], true model labels [N]; `is_novel` [N] bool; `discovered` [number of
+    novel images] their discovered labels (k..k+n-1)."""
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.permutation(len(features))[:max_points])
     xy = TSNE(2, init="pca", random_state=seed, perplexity=min(30, len(pick) - 1)).fit_transform(
         torch.nn.functional.normalize(features[pick].float(), dim=1).numpy()
     )
-    novel = (np.asarray(is_novel) == 0)[pick]
+    is_novel = np.asarray(is_novel, bool)
+    novel = is_novel[pick]
     cluster = np.full(len(features), -1)
-    cluster[np.asarray(is_novel) == 0] = discovered
+    cluster[is_novel] = discovered
     cluster = cluster[pick]
     y = np.asarray(labels)[pick]
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))

@@ -73,7 +73,6 @@ class DiscoverStage:
                 f"{split.num_classes} classes of the dataset"
             )
         supervised, _ = ctx.load_classifier("supervised")
-        labelled = extract(supervised, data.loader(data.view("labelled")))
         pool_all = extract(supervised, data.loader(data.view("unlabelled")))
         truth = torch.from_numpy(split.remap(data.train.targets[pool_all["index"].numpy()]))
         keep = select_pool(ctx, opts, pool_all, truth, k)
@@ -91,6 +90,7 @@ class DiscoverStage:
         }
         n = opts.num_novel if isinstance(opts.num_novel, int) else len(split.novel)
         if opts.num_novel == "auto":
+            labelled = extract(supervised, data.loader(data.view("labelled")))
             n, scores = estimate_num_novel(
                 labelled["features"],
                 labelled["labels"],
@@ -117,7 +117,8 @@ class DiscoverStage:
             pool_pred = km.labels_
             test_pred = assign(km, test["features"][novel_test])
         else:
-            pool_pred = extract(model, data.loader(_pool_view(data, pool)))["logits"][:, k:]
+            pool_view = _pool_view(data, pool["index"].numpy())
+            pool_pred = extract(model, data.loader(pool_view))["logits"][:, k:]
             pool_pred = pool_pred.argmax(1).numpy()
             test_pred = test["logits"][novel_test][:, k:].argmax(1).numpy()
         novel_pool = (pool_truth >= k).numpy()
@@ -151,7 +152,7 @@ class DiscoverStage:
             embedding_figure(
                 test["features"],
                 test["labels"],
-                np.where(novel_test.numpy(), 0, -1),
+                novel_test.numpy(),
                 test_pred + k,
                 k,
                 ctx.run_dir / "discover" / "embedding.png",
@@ -203,10 +204,11 @@ def grow_head(model: Classifier, k: int, n: int, centroids: torch.Tensor) -> Cla
     return grown
 
 
-def _pool_view(data, pool: dict):
-    """Clean (un-augmented) view of the chosen pool images, in `pool['index']` order."""
-    view = data.view("unlabelled")
-    view.indices = pool["index"].numpy()
+def _pool_view(data, index, train: bool = False):
+    """View of the chosen pool images (dataset indices, in this order), labels hidden;
+    `train` adds the training augmentation."""
+    view = data.view("unlabelled", train=train, hide_labels=True)
+    view.indices = np.asarray(index, np.int64)
     view.labels = np.full(len(view.indices), -1)
     return view
 
@@ -217,9 +219,7 @@ def _train(ctx, opts, model: Classifier, k: int, pool_index):
     from .uno import TwoViews, UNOModule
 
     data, cfg = ctx.data, ctx.cfg
-    pool_train = data.view("unlabelled", train=True, hide_labels=True)
-    pool_train.indices = np.asarray(pool_index)
-    pool_train.labels = np.full(len(pool_index), -1)
+    pool_train = _pool_view(data, pool_index, train=True)
     labelled = data.view("labelled", train=True)
     learner = OpenMixModule if opts.method == "openmix" else UNOModule
     module = learner(model, opts, k)
