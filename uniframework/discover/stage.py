@@ -29,7 +29,7 @@ from pydantic import Field
 from ..config import Section
 from ..errors import UserError
 from ..io import read_json, write_json
-from ..models import Classifier
+from ..models import Classifier, grow_head, shrink_head
 from ..registry import STAGES
 from ..training import extract, fit, make_trainer
 from .clustering import assign, estimate_num_novel, kmeans
@@ -102,7 +102,7 @@ class DiscoverStage:
             log.info("discover: %d novel classes estimated (truth %d)", n, len(split.novel))
         metrics["num_novel"] = n
         km = kmeans(pool["features"], n, seed=ctx.cfg.seed)
-        model = grow_head(supervised, k, n, torch.from_numpy(km.cluster_centers_).float())
+        model = novel_head(supervised, k, n, torch.from_numpy(km.cluster_centers_).float())
         if opts.method != "kmeans":
             trained = _train(ctx, opts, model, k, pool["index"].numpy())
             if trained is None:  # not rank 0
@@ -190,18 +190,16 @@ def select_pool(ctx, opts, pool: dict, truth: torch.Tensor, k: int) -> torch.Ten
     return detector.predict_unknown(pool["logits"]).cpu()
 
 
-def grow_head(model: Classifier, k: int, n: int, centroids: torch.Tensor) -> Classifier:
-    """A copy of `model` with k known + n novel outputs: known rows kept (an extra "unknown"
+def novel_head(model: Classifier, k: int, n: int, centroids: torch.Tensor) -> Classifier:
+    """`model` (in place) with k known + n novel outputs: known rows kept (an extra "unknown"
     output dropped), novel rows = the normalised centroids [n, D] scaled to the known rows'
     mean norm, novel biases = the known biases' mean."""
-    grown = Classifier(model.backbone, k + n)
+    grow_head(shrink_head(model, k), n)
     with torch.no_grad():
         w, b = model.head.weight[:k], model.head.bias[:k]
-        grown.head.weight[:k] = w
-        grown.head.bias[:k] = b
-        grown.head.weight[k:] = F.normalize(centroids, dim=1) * w.norm(dim=1).mean()
-        grown.head.bias[k:] = b.mean()
-    return grown
+        model.head.weight[k:] = F.normalize(centroids, dim=1) * w.norm(dim=1).mean()
+        model.head.bias[k:] = b.mean()
+    return model
 
 
 def _pool_view(data, index, train: bool = False):

@@ -34,13 +34,13 @@ from ..config import Section
 from ..data import View, make_transform
 from ..errors import UserError
 from ..io import load_matching, load_weights, read_json, save_weights, write_json
-from ..models import Classifier, build_classifier
+from ..models import Classifier, build_classifier, grow_head, shrink_head
 from ..registry import STAGES
 from ..training import extract, fit, make_trainer
 from .learners import Learner, LearnerName, get_learner
 from .memory import ExemplarMemory
 from .metrics import final_accuracies, seen_accuracy, summarize, task_accuracies
-from .module import IncrementalModule, grow_head, shrink_head
+from .module import IncrementalModule
 from .nme import class_means, nme_predict
 from .tasks import TaskPlan, plan_from_discover, plan_from_split
 

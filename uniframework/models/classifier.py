@@ -33,6 +33,29 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
+def grow_head(model: Classifier, num_new: int) -> Classifier:
+    """Add `num_new` outputs: rows 0..C-1 keep their weights, the new rows start fresh
+    (nn.Linear's default init). In place; returns the model."""
+    old = model.head
+    head = nn.Linear(old.in_features, old.out_features + num_new).to(old.weight.device)
+    with torch.no_grad():
+        head.weight[: old.out_features] = old.weight
+        head.bias[: old.out_features] = old.bias
+    model.head = head
+    return model
+
+
+def shrink_head(model: Classifier, num_classes: int) -> Classifier:
+    """Keep the first `num_classes` outputs (drops the supervised stage's "unknown" output)."""
+    old = model.head
+    head = nn.Linear(old.in_features, num_classes).to(old.weight.device)
+    with torch.no_grad():
+        head.weight.copy_(old.weight[:num_classes])
+        head.bias.copy_(old.bias[:num_classes])
+    model.head = head
+    return model
+
+
 def build_classifier(cfg: ModelConfig, image_size: int, num_classes: int) -> Classifier:
     """Classifier on a fresh backbone, started from `cfg.weights` (backbone only) when given."""
     model = Classifier(build_backbone(cfg, image_size), num_classes)
