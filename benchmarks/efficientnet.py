@@ -10,9 +10,10 @@ Parameter and FLOP counts are taken on the meta device, so no weights are alloca
 
 `cifar`: cifar10-mini, EfficientNet-B0 small-image variant at 32 px, with and without
 progressive learning (16 → 32 px, RandAugment 5 → 15, dropout 0.1 → 0.3, 4 stages), each under
-the same wall-clock budget (trainer.max_time) on 1 thread. An "epoch" is 5 batches of 128
-(640 images) and there is no validation split, so that several stages fit; the epoch count is
-set from the training-step time at each stage's size so that training fills ~85% of the budget.
+the same wall-clock budget (trainer.max_time) on `--threads` threads (default 1). An "epoch" is
+5 batches of 128 (640 images) and there is no validation split, so that several stages fit; the
+epoch count is set from the training-step time at each stage's size so that training fills ~85%
+of the budget.
 """
 
 from __future__ import annotations
@@ -173,8 +174,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--only", choices=["table", "cifar"])
     p.add_argument("--budget-min", type=float, default=6.0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (2 on a quiet 2-core box)")
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
