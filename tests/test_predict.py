@@ -108,3 +108,29 @@ def test_detection_runs_go_to_the_detect_module(tiny_run, images, tmp_path, monk
     rows = json.loads(out.read_text())
     assert len(seen) == len(truth) + 1 and len(rows) == len(seen)  # the corrupt PNG too
     assert rows[0]["labels"] == ["unknown"] and rows[0]["boxes"] == [[0, 0, 4, 4]]
+
+
+def test_feature_detectors_decide_in_predict(tiny_run, images, tmp_path, capsys):  # noqa: F811
+    """A run whose saved detector is KNN (features, a 95%-of-knowns threshold): predict scores
+    the images' features with it and calls unknown exactly above the threshold."""
+    import shutil
+
+    from uniframework.openset.detector import Detector
+    from uniframework.openset.scores import make_scorer
+    from uniframework.training import extract
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    ctx, _ = open_run(run)
+    model, _ = ctx.load_classifier("supervised")
+    k = ctx.data.split.num_known
+    train = extract(model, ctx.data.loader(ctx.data.view("labelled")))
+    scorer = make_scorer("knn", k=5).fit(train["features"], train["logits"][:, :k], train["labels"])
+    detector = Detector.fit("knn", scorer, k, train["features"], train["logits"])
+    detector.save(run / "openset")
+    folder, _, truth = images
+    assert main(["predict", str(run), str(folder), "--format", "json"]) == 0
+    rows = [r for r in json.loads(capsys.readouterr().out) if "error" not in r]
+    assert len(rows) == len(truth)
+    for r in rows:
+        assert r["is_unknown"] == (r["unknown_score"] > detector.threshold), r

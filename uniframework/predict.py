@@ -3,8 +3,9 @@
 Per image (files, or folders walked for image files), with the run's models:
 - `known_class`, `known_prob`, `scores`: the supervised classifier's softmax over the known
   classes (its argmax, its probability, every class's probability);
-- `unknown_score`, `is_unknown`: the open-set detector (`openset/detector.json`) on the same
-  known-class logits (higher = more unknown); energy + Weibull decides by the Weibull fits;
+- `unknown_score`, `is_unknown`: the open-set detector (`openset/detector.json`, any scorer) on
+  the same features / known-class logits (higher = more unknown); energy + Weibull decides by
+  its Weibull fits, the other scorers at the threshold that keeps 95% of held-out knowns;
 - `discovered_class`: the final classifier's (incremental, else discover) argmax over its
   novel outputs, by name;
 - `prediction`: the known class, or for an unknown image its discovered class, else "unknown".
@@ -93,9 +94,11 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path]) -> list[dict]:
 
 
 @torch.no_grad()
-def _logits(model, batch: torch.Tensor, size: int) -> torch.Tensor:
+def _forward(model, batch: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [N, D], logits [N, C]) in eval mode, `size` images at a time."""
     model.eval()
-    return torch.cat([model(x) for x in batch.split(size)]).float()
+    features = torch.cat([model.forward_features(x) for x in batch.split(size)]).float()
+    return features, model.forward_head(features)
 
 
 def _classify(ctx, paths: list[Path], images: list[torch.Tensor]) -> list[dict]:
@@ -106,9 +109,9 @@ def _classify(ctx, paths: list[Path], images: list[torch.Tensor]) -> list[dict]:
     model, meta = ctx.load_classifier("supervised")
     k = int(meta.get("num_known", model.num_classes))
     names = meta["class_names"][:k]  # model label order; the first k are the known classes
-    logits = _logits(model, batch, cfg.data.batch_size)
+    features, logits = _forward(model, batch, cfg.data.batch_size)
     probs = logits[:, :k].softmax(1)
-    score, unknown = _unknown(ctx.run_dir, logits, k)
+    score, unknown = _unknown(ctx.run_dir, features, logits, k)
     discovered = _discovered(ctx, batch, k)
     rows = []
     for i, p in enumerate(paths):
@@ -130,38 +133,18 @@ def _classify(ctx, paths: list[Path], images: list[torch.Tensor]) -> list[dict]:
     return rows
 
 
-def _unknown(run_dir: Path, logits: torch.Tensor, k: int):
+def _unknown(run_dir: Path, features: torch.Tensor, logits: torch.Tensor, k: int):
     """(unknown score [N] or None, is-unknown [N] bool or None) from the saved detector; without
-    a decision rule, ORE's explicit "unknown" output decides when the model has one."""
-    from .openset.scores import make_scorer
-    from .openset.weibull import EnergyWeibullScorer
+    one, ORE's explicit "unknown" output decides when the model has one."""
+    from .openset.detector import Detector
 
-    state = read_json(run_dir / "openset" / "detector.json")
-    known = logits[:, :k]
-    by_output = logits.argmax(1) == k if logits.shape[1] > k else None
-    if state is None:
-        if by_output is None:
-            log.warning("no openset stage in this run: every image is called known")
-            return None, None
-        return logits.softmax(1)[:, k], by_output
-    name, opts = state["name"], state.get("state", {})
-    if name == "energy_weibull":
-        scorer = EnergyWeibullScorer.from_state_dict(opts)
-        return scorer.score(None, known), scorer.predict_unknown(known)
-    if name in ("msp", "maxlogit", "energy"):  # logit scorers: a score, but no threshold saved
-        log.warning(
-            "detector '%s' saves no decision threshold: is_unknown %s; "
-            "stages.openset.detector=energy_weibull decides by its Weibull fits",
-            name,
-            "follows the model's unknown output" if by_output is not None else "is false",
-        )
-        return make_scorer(name, **opts).score(None, known), by_output
-    log.warning(
-        "detector '%s' keeps its fitted state in memory only: no unknown score; "
-        "use stages.openset.detector=energy_weibull",
-        name,
-    )
-    return None, by_output
+    detector = Detector.load(run_dir / "openset")
+    if detector is not None:
+        return detector.score(features, logits), detector.predict_unknown(features, logits)
+    if logits.shape[1] > k:
+        return logits.softmax(1)[:, k], logits.argmax(1) == k
+    log.warning("no openset stage in this run: every image is called known")
+    return None, None
 
 
 def _discovered(ctx, batch: torch.Tensor, k: int) -> list[str] | None:
@@ -178,7 +161,7 @@ def _discovered(ctx, batch: torch.Tensor, k: int) -> list[str] | None:
         disc = read_json(ctx.run_dir / "discover" / "discovered.json", {})
         names = disc.get("class_names") or []
     names += [f"novel-{j}" for j in range(len(names), model.num_classes - k)]
-    best = _logits(model, batch, ctx.cfg.data.batch_size)[:, k:].argmax(1)
+    best = _forward(model, batch, ctx.cfg.data.batch_size)[1][:, k:].argmax(1)
     return [names[int(j)] for j in best]
 
 

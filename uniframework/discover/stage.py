@@ -3,8 +3,8 @@
 Which images (option `pool`):
 - `novel`: the pool's images of novel classes (the novel-class-discovery protocol, where the
   unlabelled set is known to hold only new classes; the filter uses the split's truth);
-- `detected`: the pool images the open-set stage's detector (`openset/detector.json`, energy +
-  Weibull) flags as unknown (the open-world protocol; no truth used).
+- `detected`: the pool images the open-set stage's detector (`openset/detector.json`, any
+  scorer with its decision rule) flags as unknown (the open-world protocol; no truth used).
 How many novel classes (option `num_novel`): a number, `null` = the split's true count (given),
 or `auto` = estimated (`clustering.estimate_num_novel`), reported beside the truth.
 Methods (option `method`): `openmix` (OpenMix), `kmeans`, `sinkhorn` (UNO-style head).
@@ -28,7 +28,7 @@ from pydantic import Field
 
 from ..config import Section
 from ..errors import UserError
-from ..io import read_json, write_json
+from ..io import write_json
 from ..models import Classifier, grow_head, shrink_head
 from ..registry import STAGES
 from ..training import extract, fit, make_trainer
@@ -172,22 +172,16 @@ def select_pool(ctx, opts, pool: dict, truth: torch.Tensor, k: int) -> torch.Ten
     """[P] bool: the pool images to discover from (see the module docstring)."""
     if opts.pool == "novel":
         return truth >= k
-    path = ctx.run_dir / "openset" / "detector.json"
-    state = read_json(path)
-    if state is None:
-        raise UserError(
-            f"stages.discover.pool = detected needs the open-set detector {path}: put an "
-            "`openset` stage before `discover`, or use pool: novel"
-        )
-    if state["name"] != "energy_weibull":
-        raise UserError(
-            f"stages.discover.pool = detected needs the energy_weibull detector, got "
-            f"'{state['name']}': set stages.openset.detector: energy_weibull"
-        )
-    from ..openset.weibull import EnergyWeibullScorer
+    from ..openset.detector import Detector
 
-    detector = EnergyWeibullScorer.from_state_dict(state["state"])
-    return detector.predict_unknown(pool["logits"]).cpu()
+    detector = Detector.load(ctx.run_dir / "openset")
+    if detector is None:
+        raise UserError(
+            "stages.discover.pool = detected needs the open-set detector "
+            f"{ctx.run_dir / 'openset' / 'detector.json'}: put an `openset` stage before "
+            "`discover`, or use pool: novel"
+        )
+    return detector.predict_unknown(pool["features"], pool["logits"]).cpu()
 
 
 def novel_head(model: Classifier, k: int, n: int, centroids: torch.Tensor) -> Classifier:

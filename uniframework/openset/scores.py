@@ -70,6 +70,14 @@ class Scorer:
     def score(self, features: Tensor | None, logits: Tensor | None) -> Tensor:
         raise NotImplementedError
 
+    def state_dict(self) -> dict[str, Tensor | float | int]:
+        """What `from_state_dict` needs to rebuild the fitted scorer (tensors and numbers)."""
+        return {}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> Scorer:
+        return cls(**state)
+
 
 SCORERS: dict[str, type[Scorer]] = {}
 
@@ -117,6 +125,9 @@ class EnergyScorer(Scorer):
     def score(self, features: Tensor | None, logits: Tensor | None) -> Tensor:
         return energy_score(logits, self.temperature)
 
+    def state_dict(self) -> dict[str, float]:
+        return {"temperature": float(self.temperature)}
+
 
 @register_scorer("mahalanobis")
 class MahalanobisScorer(Scorer):
@@ -155,6 +166,17 @@ class MahalanobisScorer(Scorer):
         d = torch.cdist(features.double() @ w, self.means.to(features.device) @ w)  # [N, C]
         return d.amin(dim=1).pow(2).float()
 
+    def state_dict(self) -> dict[str, Tensor]:
+        if self.means is None:
+            raise RuntimeError("MahalanobisScorer.state_dict called before fit")
+        return {"means": self.means, "whiten": self.whiten}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> MahalanobisScorer:
+        scorer = cls()
+        scorer.means, scorer.whiten = state["means"].double(), state["whiten"].double()
+        return scorer
+
 
 @register_scorer("knn")
 class KNNScorer(Scorer):
@@ -185,3 +207,14 @@ class KNNScorer(Scorer):
         # chunk the queries so the [n, M] similarity matrix stays small
         kth = [(part @ bank.T).topk(self.k, dim=1).values[:, -1] for part in q.split(self.chunk)]
         return -torch.cat(kth)
+
+    def state_dict(self) -> dict[str, Tensor | int]:
+        if self.bank is None:
+            raise RuntimeError("KNNScorer.state_dict called before fit")
+        return {"k": self.k, "bank": self.bank}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> KNNScorer:
+        scorer = cls(k=int(state["k"]))
+        scorer.bank = state["bank"].float()
+        return scorer

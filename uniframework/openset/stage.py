@@ -6,9 +6,11 @@ Fitting data (no novel label is ever used):
   unlabelled pool the model judges least known (highest energy) — the Weibull fits of ORE.
 Evaluation: test images of the known classes (known) against those of the novel ones (unknown).
 
-Writes `openset/detector.json` (the chosen detector's state, for `predict` and `discover`),
-`openset/energy_hist.png` and `openset/roc.png`; metrics `openset.<scorer>.<metric>` and
-`openset.auroc` etc. for the chosen detector.
+Every scorer gets a decision (`openset.<scorer>.known_kept|unknown_caught`): energy + Weibull by
+its fits, the others at the threshold that keeps 95% of the held-out knowns (`detector.py`).
+Writes `openset/detector.json` (+ `.safetensors`: the chosen detector, for `predict` and
+`discover`), `openset/energy_hist.png` and `openset/roc.png`; metrics
+`openset.<scorer>.<metric>` and `openset.auroc` etc. for the chosen detector.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from pydantic import Field, model_validator
 
 from ..config import Section
 from ..errors import UserError
-from ..io import write_json
 from ..registry import STAGES
 from ..training import extract
+from .detector import Detector
 from .metrics import openset_metrics
-from .scores import SCORERS, energy_score, make_scorer
+from .scores import energy_score, make_scorer
 from .weibull import EnergyWeibullScorer
 
 log = logging.getLogger(__name__)
@@ -117,16 +119,18 @@ class OpensetStage:
             scorer = _scorer(name, opts, split.num_known)
             fit_on = calib if name == "energy_weibull" else train
             scorer.fit(fit_on["features"], fit_on["logits"], fit_on["labels"])
-            s = scorer.score(test["features"], test["logits"])
-            pred = scorer.predict_unknown(test["logits"]) if name == "energy_weibull" else None
+            det = Detector.fit(name, scorer, k, val["features"], val["logits"])
+            s = det.score(test["features"], test["logits"])
+            pred = det.predict_unknown(test["features"], test["logits"])
             m = openset_metrics(s, is_unknown, known_correct, pred)
             metrics.update({f"{name}.{key}": v for key, v in m.items()})
-            scores[name], fitted[name] = s, scorer
+            scores[name], fitted[name] = s, det
         if model.num_classes > k:  # ORE's extra "unknown" output, as one more scorer
             scores["unknown_class"] = unknown_prob
             m = openset_metrics(scores["unknown_class"], is_unknown, known_correct)
             metrics.update({f"unknown_class.{n}": v for n, v in m.items()})
-        metrics.update({m: metrics[f"{opts.detector}.{m}"] for m in ("auroc", "fpr95", "oscr")})
+        chosen = ("auroc", "fpr95", "oscr", "known_kept", "unknown_caught")
+        metrics.update({m: metrics[f"{opts.detector}.{m}"] for m in chosen})
         metrics["known_acc"] = float(known_correct[~is_unknown].float().mean())
         metrics["auto_unknowns"] = len(auto)
         metrics["auto_unknowns_truly_novel"] = float(
@@ -135,14 +139,14 @@ class OpensetStage:
             ).mean()
         )
         out = ctx.run_dir / "openset"
-        write_json(out / "detector.json", _detector_state(opts.detector, fitted[opts.detector]))
+        fitted[opts.detector].save(out)
         if opts.figures:
             from .figures import energy_histogram, roc_curves
 
             energy_histogram(
                 test["logits"],
                 is_unknown,
-                fitted.get("energy_weibull"),
+                fitted["energy_weibull"].scorer if "energy_weibull" in fitted else None,
                 opts.temperature,
                 out / "energy_hist.png",
             )
@@ -155,13 +159,3 @@ class OpensetStage:
             int(is_unknown.sum()),
         )
         return metrics
-
-
-def _detector_state(name: str, scorer) -> dict:
-    """JSON state of the saved detector (logit/energy scorers only need their options)."""
-    state = {"name": name, "available": sorted(SCORERS)}
-    if hasattr(scorer, "state_dict"):
-        state["state"] = scorer.state_dict()
-    elif hasattr(scorer, "temperature"):
-        state["state"] = {"temperature": scorer.temperature}
-    return state

@@ -1,0 +1,105 @@
+"""The saved unknown detector: one fitted scorer and its decision rule.
+
+Written by the `openset` stage, read by `discover` (`pool: detected`) and `predict`:
+- `openset/detector.json`: name, number of known classes, threshold, the scorer's numbers;
+- `openset/detector.safetensors`: the scorer's tensors, when it has any (Mahalanobis class means
+  and whitening matrix, the KNN feature bank).
+
+Decision rule. Energy + Weibull decides by its own Weibull fits (ORE). Every other scorer calls a
+sample unknown when its score is above the `KEEP_KNOWN` (0.95) quantile of its scores on held-out
+known images: 95% of knowns are kept, the operating point at which the out-of-distribution
+literature reports FPR@95. No novel label is used to set it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+from ..io import load_weights, read_json, save_weights, write_json
+from .scores import SCORERS, Scorer
+
+KEEP_KNOWN = 0.95
+
+
+def known_threshold(known_scores: Tensor, keep: float = KEEP_KNOWN) -> float:
+    """The score at or below which a `keep` fraction of the known samples `[N]` fall."""
+    return float(torch.quantile(known_scores.double(), keep))
+
+
+@dataclass
+class Detector:
+    """A fitted scorer over the first `num_known` logits; `threshold` None = the scorer decides
+    itself (`predict_unknown`, energy + Weibull)."""
+
+    name: str
+    scorer: Scorer
+    num_known: int
+    threshold: float | None
+
+    @classmethod
+    def fit(
+        cls, name: str, scorer: Scorer, num_known: int, val_features: Tensor, val_logits: Tensor
+    ) -> Detector:
+        """`scorer` already fitted; the threshold comes from held-out *known* images."""
+        if hasattr(scorer, "predict_unknown"):
+            return cls(name, scorer, num_known, None)
+        known = scorer.score(val_features, val_logits[:, :num_known])
+        return cls(name, scorer, num_known, known_threshold(known))
+
+    def score(self, features: Tensor | None, logits: Tensor) -> Tensor:
+        """`[N]`, higher = more unknown."""
+        return self.scorer.score(features, logits[:, : self.num_known])
+
+    def predict_unknown(self, features: Tensor | None, logits: Tensor) -> Tensor:
+        """`[N]` bool."""
+        if self.threshold is None:
+            return self.scorer.predict_unknown(logits[:, : self.num_known])
+        return self.score(features, logits) > self.threshold
+
+    def save(self, folder: Path) -> None:
+        state = self.scorer.state_dict()
+        tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+        if tensors:  # written first: the json names them, so it never points at a missing file
+            save_weights(folder / "detector.safetensors", tensors, {"detector": self.name})
+        write_json(
+            folder / "detector.json",
+            {
+                "name": self.name,
+                "num_known": self.num_known,
+                "threshold": self.threshold,
+                "keep_known": KEEP_KNOWN if self.threshold is not None else None,
+                "state": {k: v for k, v in state.items() if k not in tensors},
+                "tensors": sorted(tensors),
+                "available": sorted(SCORERS),
+            },
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> Detector | None:
+        """The saved detector, None when the run has none; UserError for an unusable one."""
+        info = read_json(folder / "detector.json")
+        if info is None:
+            return None
+        if "num_known" not in info or info.get("name") not in SCORERS:
+            raise UserError(
+                f"'{folder / 'detector.json'}' is not a detector this version can read (written "
+                "by an older version, or edited): rerun the open-set stage with "
+                "--restart-from openset"
+            )
+        state = dict(info["state"])
+        if info["tensors"]:
+            tensors, _ = load_weights(folder / "detector.safetensors")
+            missing = set(info["tensors"]) - set(tensors)
+            if missing:
+                raise UserError(
+                    f"'{folder / 'detector.safetensors'}' lacks {sorted(missing)}: rerun the "
+                    "open-set stage with --restart-from openset"
+                )
+            state.update(tensors)
+        scorer = SCORERS[info["name"]].from_state_dict(state)
+        return cls(info["name"], scorer, int(info["num_known"]), info["threshold"])
