@@ -39,6 +39,9 @@ class SupervisedOptions(Section):
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
     warmup_epochs: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # layer-wise lr decay (BEiT / MAE fine-tuning: 0.65-0.75): block i of L gets lr*decay^(L-i);
+    # norms, biases and position / class tokens get no weight decay. None = one lr for all
+    layer_decay: float | None = Field(None, gt=0, le=1)
     max_epochs: int | None = Field(None, ge=1)  # None = trainer.max_epochs
     # ORE contrastive clustering (paper: margin 10, queue 20 per class, momentum 0.99)
     contrastive: bool = False
@@ -155,18 +158,48 @@ class SupervisedModule(L.LightningModule):
         self.log("val_loss", F.cross_entropy(logits, y), sync_dist=True)
         self.log("val_acc", self.val_acc, prog_bar=True)
 
+    def _layer_groups(self) -> list[dict]:
+        """timm's layer-decay parameter groups of the backbone (by its `group_matcher`), each
+        with an `lr_scale`; the head (and any other module parameter) at the full lr.
+
+        timm gives the last block scale 1; BEiT / MAE count the head as the top layer, so the
+        last block gets `decay`, block i of L `decay^(L-i)`, the embeddings `decay^(L+1)`: all
+        backbone scales are multiplied by one more `decay` (the final norm goes with the last
+        block)."""
+        from timm.optim import param_groups_layer_decay
+
+        backbone = self.model.backbone
+        if not hasattr(backbone, "group_matcher"):
+            raise UserError(
+                f"stages.supervised.layer_decay needs a timm backbone with layer groups; "
+                f"{type(backbone).__name__} has none: remove layer_decay"
+            )
+        no_decay = backbone.no_weight_decay() if hasattr(backbone, "no_weight_decay") else ()
+        groups = param_groups_layer_decay(
+            backbone, self.opts.weight_decay, no_decay, layer_decay=self.opts.layer_decay
+        )
+        for g in groups:
+            g["lr_scale"] *= self.opts.layer_decay
+        seen = {id(p) for g in groups for p in g["params"]}
+        rest = [p for p in self.parameters() if id(p) not in seen]  # head, prototypes etc.
+        return [*groups, {"params": rest, "lr_scale": 1.0}]
+
     def configure_optimizers(self):
         o = self.opts
+        params = self.parameters() if o.layer_decay is None else self._layer_groups()
         if o.optimizer == "adamw":
-            opt = torch.optim.AdamW(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
         else:
             opt = torch.optim.SGD(
-                self.parameters(),
+                params,
                 lr=o.lr,
                 momentum=o.momentum,
                 weight_decay=o.weight_decay,
                 nesterov=True,
             )
+        if o.layer_decay is not None:  # LambdaLR scales each group's own initial lr
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] = o.lr * group.pop("lr_scale")
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(o.warmup_epochs * total / max(1, self.trainer.max_epochs))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
