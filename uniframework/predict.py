@@ -140,7 +140,7 @@ def _unknown(run_dir: Path, features: torch.Tensor, logits: torch.Tensor, k: int
 
     detector = Detector.load(run_dir / "openset")
     if detector is not None:
-        return detector.score(features, logits), detector.predict_unknown(features, logits)
+        return detector.decide(features, logits)
     if logits.shape[1] > k:
         return logits.softmax(1)[:, k], logits.argmax(1) == k
     log.warning("no openset stage in this run: every image is called known")

@@ -55,11 +55,16 @@ class Detector:
         """`[N]`, higher = more unknown."""
         return self.scorer.score(features, logits[:, : self.num_known])
 
+    def decide(self, features: Tensor | None, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """(scores `[N]`, is-unknown `[N]` bool), the score computed once."""
+        s = self.score(features, logits)
+        if self.threshold is None:
+            return s, self.scorer.predict_unknown(logits[:, : self.num_known])
+        return s, s > self.threshold
+
     def predict_unknown(self, features: Tensor | None, logits: Tensor) -> Tensor:
         """`[N]` bool."""
-        if self.threshold is None:
-            return self.scorer.predict_unknown(logits[:, : self.num_known])
-        return self.score(features, logits) > self.threshold
+        return self.decide(features, logits)[1]
 
     def save(self, folder: Path) -> None:
         state = self.scorer.state_dict()

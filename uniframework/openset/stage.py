@@ -120,8 +120,7 @@ class OpensetStage:
             fit_on = calib if name == "energy_weibull" else train
             scorer.fit(fit_on["features"], fit_on["logits"], fit_on["labels"])
             det = Detector.fit(name, scorer, k, val["features"], val["logits"])
-            s = det.score(test["features"], test["logits"])
-            pred = det.predict_unknown(test["features"], test["logits"])
+            s, pred = det.decide(test["features"], test["logits"])
             m = openset_metrics(s, is_unknown, known_correct, pred)
             metrics.update({f"{name}.{key}": v for key, v in m.items()})
             scores[name], fitted[name] = s, det

@@ -181,7 +181,7 @@ class SupervisedModule(L.LightningModule):
         for g in groups:
             g["lr_scale"] *= self.opts.layer_decay
         seen = {id(p) for g in groups for p in g["params"]}
-        rest = [p for p in self.parameters() if id(p) not in seen]  # head, prototypes etc.
+        rest = [p for p in self.parameters() if id(p) not in seen]  # the head
         return [*groups, {"params": rest, "lr_scale": 1.0}]
 
     def configure_optimizers(self):
