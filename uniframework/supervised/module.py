@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..models import Classifier
 from ..openset.scores import energy_score
 from ..training import warmup_cosine
+from .energy_bounded import energy_margin_loss
 from .progressive import ProgressiveOptions, mixup, parse_progressive
 from .prototypes import FeatureStore, contrastive_clustering_loss, update_prototypes
 
@@ -56,8 +57,24 @@ class SupervisedOptions(Section):
     unknown_topk: int = Field(1, ge=1)  # pool samples per batch trained as unknown
     unknown_by: Literal["energy", "prototype"] = "energy"
     unknown_weight: float = Field(1.0, ge=0)
+    # energy-bounded learning (Liu et al. 2020, energy_bounded.py) on the same auto-labelled
+    # unknowns: [m_in, m_out] margins on the free energy (T = 1), weight λ (paper 0.1)
+    energy_margins: tuple[float, float] | None = None
+    energy_weight: float = Field(0.1, ge=0)
     # EfficientNetV2 progressive learning (progressive.py): `true` or a mapping; off by default
     progressive: ProgressiveOptions | None = None
+
+    @property
+    def uses_pool(self) -> bool:
+        """Whether training draws pool batches (the auto-labelled unknowns)."""
+        return self.unknown_class or self.energy_margins is not None
+
+    @field_validator("energy_margins")
+    @classmethod
+    def _margins_ordered(cls, v):
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"energy_margins [m_in, m_out] needs m_in < m_out, got {list(v)}")
+        return v
 
     @field_validator("progressive", mode="before")
     @classmethod
@@ -125,7 +142,7 @@ class SupervisedModule(L.LightningModule):
             if cc is not None:
                 self.log("train_cluster_loss", cc, on_epoch=True, on_step=False)
                 loss = loss + o.contrastive_weight * cc
-        if o.unknown_class and isinstance(batch, dict):
+        if o.uses_pool and isinstance(batch, dict):
             xu = batch["pool"][0]
             fu = self.model.forward_features(xu)
             lu = self.model.forward_head(fu)
@@ -137,10 +154,16 @@ class SupervisedModule(L.LightningModule):
                 o.unknown_by,
                 self.prototypes if ready else None,
             )
-            target = torch.full((len(pick),), self.num_known, device=xu.device)
-            unk = F.cross_entropy(lu[pick], target)
-            self.log("train_unknown_loss", unk, on_epoch=True, on_step=False)
-            loss = loss + o.unknown_weight * unk
+            if o.unknown_class:
+                target = torch.full((len(pick),), self.num_known, device=xu.device)
+                unk = F.cross_entropy(lu[pick], target)
+                self.log("train_unknown_loss", unk, on_epoch=True, on_step=False)
+                loss = loss + o.unknown_weight * unk
+            if o.energy_margins is not None:
+                k = self.num_known
+                em = energy_margin_loss(logits[:, :k], lu[pick, :k], *o.energy_margins)
+                self.log("train_energy_loss", em, on_epoch=True, on_step=False)
+                loss = loss + o.energy_weight * em
         if not torch.isfinite(loss):
             raise UserError(
                 f"the supervised loss became {loss.item()} at step {self.global_step}: lower "

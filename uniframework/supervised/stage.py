@@ -44,11 +44,11 @@ class SupervisedStage:
         labelled = data.view("labelled", train=True)
         train_views = [labelled]
         train = data.loader(labelled, train=True)
-        if opts.unknown_class:  # a pool batch beside every labelled batch (labels hidden)
+        if opts.uses_pool:  # a pool batch beside every labelled batch (labels hidden)
             pool = data.view("unlabelled", train=True, hide_labels=True)
             if len(pool) == 0:
                 raise UserError(
-                    "stages.supervised.unknown_class needs an unlabelled pool: set "
+                    "stages.supervised.unknown_class / energy_margins need an unlabelled pool: set "
                     "data.num_known below the class count or data.labelled_fraction below 1"
                 )
             train_views.append(pool)
