@@ -43,7 +43,7 @@ def test_energy_margins_separate_pool_from_known(tmp_path):
     effect on *unseen* novel images is small; the demo's is in BENCHMARKS.md."""
     gaps = {}
     for name, extra in {
-        "plain": [],
+        "plain": ["stages.supervised.energy_margins=null"],
         "margins": ["stages.supervised.energy_margins=[-7,-3]"],
     }.items():
         cfg = load_config(
@@ -60,3 +60,9 @@ def test_energy_margins_separate_pool_from_known(tmp_path):
         }
         gaps[name] = float(e["unlabelled"] - e["labelled"])
     assert gaps["margins"] > 0.3 and gaps["margins"] > 3 * gaps["plain"], gaps
+
+
+def test_margins_without_a_pool_name_the_fix(tmp_path):
+    cfg = load_config("configs/demo.yaml", [*TINY, "data.num_known=10", "data.num_tasks=1"])
+    with pytest.raises(UserError, match="need an unlabelled pool: set data.num_known below"):
+        run(cfg, tmp_path)

@@ -28,6 +28,7 @@ def test_unknown_output_is_trained_and_prototypes_are_saved(tmp_path):
             "data.image_size=16",
             "stages.supervised.contrastive=true",
             "stages.supervised.unknown_class=true",
+            "stages.supervised.energy_margins=null",  # the demo's; this test is the class alone
             "stages.supervised.unknown_topk=4",
             "stages.supervised.contrastive_start_epoch=1",
             "stages.supervised.prototype_every=2",
