@@ -9,6 +9,8 @@ Two ORE components (Joseph et al., CVPR 2021) are options:
   from the unlabelled pool; the `unknown_topk` samples the model judges least known (highest
   energy over the known logits, or farthest from every prototype) are trained as unknown —
   ORE's auto-labelling, transplanted from RPN proposals to the unlabelled pool.
+- `energy_margins`: energy-bounded learning (Liu et al. 2020, `energy_bounded.py`) on the same
+  auto-labelled unknowns — with or without the extra output, from the same pool batch.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class SupervisedOptions(Section):
     contrastive_start_epoch: int = Field(1, ge=0)
     # ORE auto-labelled unknown class
     unknown_class: bool = False
-    unknown_topk: int = Field(1, ge=1)  # pool samples per batch trained as unknown
+    unknown_topk: int = Field(1, ge=1)  # pool samples per batch auto-labelled unknown (both)
     unknown_by: Literal["energy", "prototype"] = "energy"
     unknown_weight: float = Field(1.0, ge=0)
     # energy-bounded learning (Liu et al. 2020, energy_bounded.py) on the same auto-labelled
