@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parent.parent
+# What tests may read from the checkout, linked into each test's working directory.
+SHARED = ["configs", "README.md"]
+# What a run writes in its working directory; the checkout's copies must survive the suite.
+RUN_OUTPUT = ["runs", "lightning_logs", "mlruns"]
 
 # Small, quick and deterministic: 8 px digits, a 1.2 M-parameter ResNet, 3 epochs.
 TINY = [
@@ -23,3 +32,34 @@ TINY = [
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _work_in_a_temporary_directory(tmp_path_factory, monkeypatch):
+    """Every test runs in a fresh folder, so a run without --out (runs/<name>) or a process the
+    test starts never writes into the checkout; configs/ and README.md are linked in."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    for name in SHARED:
+        (cwd / name).symlink_to(REPO / name)
+    monkeypatch.chdir(cwd)
+    yield
+
+
+def _snapshot() -> dict[str, tuple[int, int]]:
+    out = {}
+    for name in RUN_OUTPUT:
+        for root, _dirs, files in os.walk(REPO / name):
+            for f in files:
+                st = os.stat(os.path.join(root, f))
+                out[os.path.join(root, f)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _checkout_left_alone():
+    """The suite must leave the checkout's run directories (e.g. the demo's) as they were."""
+    before = _snapshot()
+    yield
+    after = _snapshot()
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert not changed, f"the tests changed files in the checkout: {changed[:10]}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from importlib.resources import files
 from pathlib import Path
@@ -18,21 +17,40 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     p.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")
     p.add_argument("--restart-from", metavar="STAGE", help="redo STAGE and every stage after it")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run directory's results first and start afresh",
+    )
+
+
+def _verbosity_args() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
+    g.add_argument(
+        "-v", "--verbose", action="store_true", help="also Lightning's messages (model summaries)"
+    )
+    return p
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="uniframework", description="Open-world visual recognition.", epilog=EPILOG
     )
+    common = _verbosity_args()
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run the stages of a config", epilog=EPILOG)
+    r = sub.add_parser("run", parents=[common], help="run the stages of a config", epilog=EPILOG)
     r.add_argument("config", type=Path, help="YAML config file")
     _add_run_args(r)
-    d = sub.add_parser("demo", help="the open-world loop on the embedded digits", epilog=EPILOG)
+    d = sub.add_parser(
+        "demo", parents=[common], help="the open-world loop on the embedded digits", epilog=EPILOG
+    )
     _add_run_args(d)
-    sub.add_parser("list", help="registered backbones, datasets and stages")
+    sub.add_parser("list", parents=[common], help="registered backbones, datasets and stages")
     pr = sub.add_parser(
         "predict",
+        parents=[common],
         help="known class / unknown / discovered class of images, with scores",
         description="Predict images with a finished run's models (one row per image).",
     )
@@ -42,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--format", choices=["csv", "json"], help="default: json for a .json --out, else csv"
     )
-    rp = sub.add_parser("report", help="(re)write RUN_DIR/report.html")
+    rp = sub.add_parser("report", parents=[common], help="(re)write RUN_DIR/report.html")
     rp.add_argument("run_dir", type=Path, help="run directory (runs/<name> or run --out)")
     return p
 
@@ -57,7 +75,7 @@ def cmd_run(config: Path | None, args: argparse.Namespace) -> int:
 
     cfg = load_config(config, args.overrides)
     out = args.out or default_run_dir(cfg)
-    metrics = run(cfg, out, restart_from=args.restart_from)
+    metrics = run(cfg, out, restart_from=args.restart_from, overwrite=args.overwrite)
     if metrics:
         print(json.dumps(metrics, indent=2, sort_keys=True))
         print(f"run directory: {out}")
@@ -79,8 +97,15 @@ def cmd_list() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[uniframework] %(message)s")
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:  # overrides may follow options: `run cfg.yaml --out d key=value`
+        if args.command not in ("run", "demo") or any("=" not in e or e[0] == "-" for e in extra):
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
+    from . import console  # imports Lightning, whose import adds the handler console removes
+
+    console.setup(-1 if args.quiet else 1 if args.verbose else 0)
     try:
         if args.command == "list":
             return cmd_list()

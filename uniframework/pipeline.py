@@ -23,9 +23,17 @@ from lightning.pytorch.utilities import rank_zero_only
 from .config import Config, save_config
 from .data import OpenWorldData
 from .errors import UserError, did_you_mean
-from .io import load_matching, load_weights, read_json, save_weights, write_json
+from .io import (
+    atomic_write_text,
+    load_matching,
+    load_weights,
+    read_json,
+    save_weights,
+    write_json,
+)
 from .models import Classifier, build_classifier
 from .registry import STAGES
+from .rundir import check_reuse, clear_run_dir, config_hash, read_saved_config
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +96,15 @@ def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / cfg.name
 
 
-def run(cfg: Config, run_dir: Path | None = None, restart_from: str | None = None) -> dict:
-    """Run every stage of `cfg`; returns the merged metrics."""
+def run(
+    cfg: Config,
+    run_dir: Path | None = None,
+    restart_from: str | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Run every stage of `cfg`; returns the merged metrics. A directory that holds results of
+    another config is refused (see `rundir.check_reuse`) unless `restart_from` redoes what the
+    change touches or `overwrite` starts it afresh."""
     load_plugins()
     run_dir = Path(run_dir or default_run_dir(cfg))
     stages = cfg.stage_list()
@@ -99,8 +114,16 @@ def run(cfg: Config, run_dir: Path | None = None, restart_from: str | None = Non
             f"--restart-from '{restart_from}' is not a stage of this config"
             f"{did_you_mean(restart_from, names)}; stages: {', '.join(names)}"
         )
+    if overwrite and rank_zero_only.rank == 0:
+        clear_run_dir(run_dir)
     state = read_json(run_dir / "state.json", {"done": [], "seconds": {}})
     metrics = read_json(run_dir / "metrics.json", {})
+    tree = cfg.to_dict()
+    if rank_zero_only.rank == 0:
+        saved = read_saved_config(run_dir)
+        if saved is not None:
+            check_reuse(saved, tree, run_dir, state, restart_from)  # before anything is written
+            _keep_history(saved, tree, run_dir, state)
     if restart_from is not None:
         redo = names[names.index(restart_from) :]
         state["done"] = [s for s in state["done"] if s not in redo]
@@ -109,7 +132,6 @@ def run(cfg: Config, run_dir: Path | None = None, restart_from: str | None = Non
             for s in redo:  # forget their checkpoints, so nothing resumes
                 shutil.rmtree(run_dir / "checkpoints" / s, ignore_errors=True)
     if rank_zero_only.rank == 0:
-        _check_config_matches(cfg, run_dir, state)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -129,9 +151,12 @@ def run(cfg: Config, run_dir: Path | None = None, restart_from: str | None = Non
         metrics.update({f"{name}.{k}": v for k, v in result.items()})
         state["done"].append(name)
         state["seconds"][name] = round(time.perf_counter() - start, 2)
+        state.setdefault("config_of", {})[name] = config_hash(tree)
         write_json(run_dir / "metrics.json", metrics)
         write_json(run_dir / "state.json", state)
-        log.info("stage %s: done in %.1f s: %s", name, state["seconds"][name], result)
+        log.info(  # the stage logs its headline; every figure goes to metrics.json
+            "stage %s: done in %.1f s (%d metrics)", name, state["seconds"][name], len(result)
+        )
     if rank_zero_only.rank == 0:
         from .report import try_write_report  # imported here: report.py imports pipeline
 
@@ -145,15 +170,11 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def _check_config_matches(cfg: Config, run_dir: Path, state: dict) -> None:
-    old = run_dir / "config.yaml"
-    if state["done"] and old.is_file():
-        before = yaml.safe_load(old.read_text())
-        if {k: v for k, v in before.items() if k != "trainer"} != {
-            k: v for k, v in cfg.to_dict().items() if k != "trainer"
-        }:
-            log.warning(
-                "the config differs from the one that produced the finished stages in %s; "
-                "they are kept — use --restart-from STAGE to redo them with the new config",
-                run_dir,
-            )
+def _keep_history(saved: dict, tree: dict, run_dir: Path, state: dict) -> None:
+    """When a finished stage came from the saved config and the run goes on under another,
+    keep the saved one as `config-history/<hash>.yaml` (`state.json`'s `config_of` names it)."""
+    if saved != tree and state["done"]:
+        write_text = yaml.safe_dump(saved, sort_keys=False)
+        atomic_write_text(run_dir / "config-history" / f"{config_hash(saved)}.yaml", write_text)
+        for stage in state["done"]:  # runs from before `config_of` existed
+            state.setdefault("config_of", {}).setdefault(stage, config_hash(saved))

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
+from . import console
 from .config import TrainerConfig
 from .io import AtomicCheckpointIO
 
@@ -38,6 +39,7 @@ def make_trainer(
     )
     ckpt.CHECKPOINT_NAME_LAST = "last"
     logs = run_dir / "logs"
+    bar, progress = console.progress(cfg.enable_progress_bar, stage)
     return L.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
@@ -54,9 +56,10 @@ def make_trainer(
         gradient_clip_val=cfg.gradient_clip_val,
         log_every_n_steps=cfg.log_every_n_steps,
         deterministic=cfg.deterministic,
-        enable_progress_bar=cfg.enable_progress_bar,
+        enable_progress_bar=bar,
+        enable_model_summary=console.verbose(),
         num_sanity_val_steps=0,
-        callbacks=[ckpt],
+        callbacks=[ckpt, *progress],
         logger=[
             CSVLogger(logs / stage, name="", version=_fresh(logs / stage, "csv")),
             TensorBoardLogger(logs / stage, name="", version="tensorboard"),
