@@ -60,9 +60,10 @@ def test_predict_csv_rows(tiny_run, images, tmp_path):  # noqa: F811
         assert r["known_class"] == max(scores, key=scores.get)
         assert float(r["known_prob"]) == max(scores.values())
         assert r["is_unknown"] in ("true", "false") and r["unknown_score"]  # energy + Weibull
-        assert r["discovered_class"] in discovered
-        shown = r["discovered_class"] if r["is_unknown"] == "true" else r["known_class"]
-        assert r["prediction"] == shown
+        if r["is_unknown"] == "true":  # a discover stage ran: flagged rows get its class
+            assert r["discovered_class"] in discovered and r["prediction"] == r["discovered_class"]
+        else:  # known: the known class, no discovered class
+            assert r["discovered_class"] == "" and r["prediction"] == r["known_class"]
     # known-class images: mostly their class (the tiny model scores ~0.8 on the test set)
     on_known = [r for r in good if truth[r["path"].split("/")[-1]] in known]
     right = [r["known_class"] == truth[r["path"].split("/")[-1]] for r in on_known]
@@ -134,3 +135,37 @@ def test_feature_detectors_decide_in_predict(tiny_run, images, tmp_path, capsys)
     assert len(rows) == len(truth)
     for r in rows:
         assert r["is_unknown"] == (r["unknown_score"] > detector.threshold), r
+
+
+def test_only_flagged_rows_carry_a_discovered_class(tiny_run, images, tmp_path, capsys):  # noqa: F811
+    """With a detector that flags about half the images (energy, threshold at the median score):
+    unflagged rows show their known class and no discovered class; flagged rows show the
+    discovered class of the run's final (incremental) classifier."""
+    import shutil
+
+    from uniframework.openset.detector import Detector
+    from uniframework.openset.scores import make_scorer
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    k = open_run(run)[0].data.split.num_known
+    folder, _, truth = images
+    scorer = make_scorer("energy", temperature=1.0)
+    detector = Detector("energy", scorer, k, threshold=1e9)  # flags nothing
+    detector.save(run / "openset")
+    assert main(["predict", str(run), str(folder), "--format", "json"]) == 0
+    rows = [r for r in json.loads(capsys.readouterr().out) if "error" not in r]
+    assert not any(r["is_unknown"] or r["discovered_class"] for r in rows)
+    detector.threshold = float(np.median([r["unknown_score"] for r in rows]))
+    detector.save(run / "openset")
+    assert main(["predict", str(run), str(folder), "--format", "json"]) == 0
+    rows = [r for r in json.loads(capsys.readouterr().out) if "error" not in r]
+    assert len(rows) == len(truth)
+    flagged = [r for r in rows if r["is_unknown"]]
+    kept = [r for r in rows if not r["is_unknown"]]
+    assert flagged and kept
+    discovered = read_json(run / "discover/discovered.json")["class_names"]
+    for r in kept:
+        assert r["discovered_class"] is None and r["prediction"] == r["known_class"], r
+    for r in flagged:
+        assert r["discovered_class"] in discovered and r["prediction"] == r["discovered_class"], r

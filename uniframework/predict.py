@@ -6,9 +6,13 @@ Per image (files, or folders walked for image files), with the run's models:
 - `unknown_score`, `is_unknown`: the open-set detector (`openset/detector.json`, any scorer) on
   the same features / known-class logits (higher = more unknown); energy + Weibull decides by
   its Weibull fits, the other scorers at the threshold that keeps 95% of held-out knowns;
-- `discovered_class`: the final classifier's (incremental, else discover) argmax over its
-  novel outputs, by name;
-- `prediction`: the known class, or for an unknown image its discovered class, else "unknown".
+- `discovered_class`: only for images the detector flags unknown (empty otherwise): the final
+  classifier's (incremental, else discover) best *new-class* output — argmax over its outputs
+  after the k known ones, by name — with the known outputs left out, since the detector has
+  already ruled them out; empty without such a classifier;
+- `prediction`: not flagged -> the known class; flagged -> its discovered class, else "unknown".
+  The detector alone decides known vs. unknown, so a row never names a known and a new class
+  at once; an incremental classifier's own argmax over all classes is not used.
 Images are preprocessed like the run's test view (`make_transform`, the dataset's mean / std /
 size). A detection run (a `detect` stage) is handed to `uniframework.detect.predict`.
 """
@@ -112,21 +116,21 @@ def _classify(ctx, paths: list[Path], images: list[torch.Tensor]) -> list[dict]:
     features, logits = _forward(model, batch, cfg.data.batch_size)
     probs = logits[:, :k].softmax(1)
     score, unknown = _unknown(ctx.run_dir, features, logits, k)
-    discovered = _discovered(ctx, batch, k)
+    flagged = [] if unknown is None else unknown.nonzero().flatten().tolist()
+    found = dict(zip(flagged, _discovered(ctx, batch[flagged], k) or [], strict=False))
     rows = []
     for i, p in enumerate(paths):
         known = names[int(probs[i].argmax())]
-        found = discovered[i] if discovered else None
         is_unknown = bool(unknown[i]) if unknown is not None else False
         rows.append(
             {
                 "path": str(p),
-                "prediction": (found or "unknown") if is_unknown else known,
+                "prediction": (found.get(i) or "unknown") if is_unknown else known,
                 "known_class": known,
                 "known_prob": round(float(probs[i].max()), 4),
                 "unknown_score": None if score is None else round(float(score[i]), 4),
                 "is_unknown": is_unknown,
-                "discovered_class": found,
+                "discovered_class": found.get(i),  # None (blank) unless flagged unknown
                 "scores": {n: round(float(v), 4) for n, v in zip(names, probs[i], strict=True)},
             }
         )
@@ -148,9 +152,10 @@ def _unknown(run_dir: Path, features: torch.Tensor, logits: torch.Tensor, k: int
 
 
 def _discovered(ctx, batch: torch.Tensor, k: int) -> list[str] | None:
-    """Name of the final classifier's best novel output per image; None without one."""
+    """Name of the final classifier's best new-class output (outputs k..) per image of `batch`;
+    None without such a classifier or without images."""
     stage = final_stage(ctx)
-    if stage not in ("incremental", "discover"):
+    if stage not in ("incremental", "discover") or len(batch) == 0:
         return None
     model, meta = ctx.load_classifier(stage)
     if model.num_classes <= k:

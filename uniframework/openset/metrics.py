@@ -1,8 +1,12 @@
 """Open-set metrics, defined once. Scores follow the package convention: higher = more unknown.
 
-Inputs are ``[N]`` arrays or tensors: ``scores`` (float) and ``is_unknown`` (bool, the positive
-class of the detection task). ROC/PR quantities are sklearn's (``roc_auc_score``, ``roc_curve``,
-``average_precision_score``); tied scores are one threshold, so ties count half in AUROC.
+Inputs are ``[N]`` arrays or tensors: ``scores`` (float) and ``is_unknown`` (bool). Unknowns are
+the positive class unless a metric says otherwise (``aupr_in`` and ``fpr95_in`` take the
+knowns). FPR@95 comes in both conventions: ``fpr95`` (OpenOOD v1.5: knowns flagged when 95% of
+unknowns are caught) and ``fpr95_in`` (the ODIN / Energy / Mahalanobis / KNN papers: unknowns
+accepted when 95% of knowns are kept). ROC/PR quantities are sklearn's (``roc_auc_score``,
+``roc_curve``, ``average_precision_score``); tied scores are one threshold, so ties count half
+in AUROC and move together in FPR@95.
 """
 
 from __future__ import annotations
@@ -35,12 +39,35 @@ def auroc(scores, is_unknown) -> float:
 
 
 def fpr_at_95_tpr(scores, is_unknown, tpr: float = 0.95) -> float:
-    """FPR@95%TPR, the usual OOD convention with **unknowns as positives**: the fraction of
-    knowns flagged unknown (FPR) at the first ROC threshold that catches >= 95% of the unknowns
-    (TPR). No interpolation; tied scores move together, as in sklearn's ``roc_curve``.
+    """FPR@95 as OpenOOD v1.5 reports it (metric ``fpr95``), with **unknowns as positives**:
+    the fraction of *knowns* flagged unknown (``score >= t``) at the highest threshold ``t``
+    that flags at least 95% of the unknowns. Lower is better.
+
+    No interpolation: ``t`` runs over the observed scores, as in sklearn's ``roc_curve``, and
+    samples with tied scores are flagged together, so a known tied with the threshold counts.
+    Not the papers' FPR@95 (ODIN, Energy, Mahalanobis, KNN): that is :func:`fpr_at_95_tpr_in`.
     """
     s, u = _check(scores, is_unknown)
     fpr, tprs, _ = roc_curve(u, s, drop_intermediate=False)
+    return float(fpr[np.argmax(tprs >= tpr - 1e-12)])
+
+
+def fpr_at_95_tpr_in(scores, is_unknown, tpr: float = 0.95) -> float:
+    """FPR@95 with **knowns as positives** (metric ``fpr95_in``), the convention of the ODIN,
+    Energy (Liu et al. 2020), Mahalanobis and KNN (Sun et al. 2022) papers: the fraction of
+    *unknowns* accepted as known (``score <= t``) at the lowest threshold ``t`` that accepts at
+    least 95% of the knowns (TPR of the knowns >= 95%). Lower is better. This is the operating
+    point of the saved detectors (``detector.py``: keep 95% of the held-out knowns).
+
+    No interpolation: ``t`` runs over the observed scores (sklearn's ``roc_curve`` on knowns vs.
+    negated scores), and samples with tied scores are accepted together, so an unknown tied with
+    the threshold counts. With few knowns "at least 95%" can mean all of them (4 knowns: 3/4 <
+    0.95). The Energy and KNN reference code (``fpr_and_fdr_at_recall``, from Hendrycks et al.'s
+    Outlier Exposure) takes the threshold whose TPR is *nearest* 95% instead, which may differ
+    from this by one step of the curve.
+    """
+    s, u = _check(scores, is_unknown)
+    fpr, tprs, _ = roc_curve(~u, -s, drop_intermediate=False)
     return float(fpr[np.argmax(tprs >= tpr - 1e-12)])
 
 
@@ -89,6 +116,7 @@ def openset_metrics(scores, is_unknown, known_correct=None, pred_unknown=None) -
     out = {
         "auroc": auroc(s, u),
         "fpr95": fpr_at_95_tpr(s, u),
+        "fpr95_in": fpr_at_95_tpr_in(s, u),
         "aupr_in": aupr_in(s, u),
         "aupr_out": aupr_out(s, u),
     }

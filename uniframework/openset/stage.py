@@ -10,7 +10,9 @@ Every scorer gets a decision (`openset.<scorer>.known_kept|unknown_caught`): ene
 its fits, the others at the threshold that keeps 95% of the held-out knowns (`detector.py`).
 Writes `openset/detector.json` (+ `.safetensors`: the chosen detector, for `predict` and
 `discover`), `openset/energy_hist.png` and `openset/roc.png`; metrics
-`openset.<scorer>.<metric>` and `openset.auroc` etc. for the chosen detector.
+`openset.<scorer>.<metric>` and `openset.auroc` etc. for the chosen detector. FPR@95 in both
+conventions (`metrics.py`): `fpr95` (OpenOOD v1.5: knowns flagged when 95% of unknowns are
+caught) and `fpr95_in` (the scorers' papers: unknowns accepted when 95% of knowns are kept).
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ class OpensetStage:
             scores["unknown_class"] = unknown_prob
             m = openset_metrics(scores["unknown_class"], is_unknown, known_correct)
             metrics.update({f"unknown_class.{n}": v for n, v in m.items()})
-        chosen = ("auroc", "fpr95", "oscr", "known_kept", "unknown_caught")
+        chosen = ("auroc", "fpr95", "fpr95_in", "oscr", "known_kept", "unknown_caught")
         metrics.update({m: metrics[f"{opts.detector}.{m}"] for m in chosen})
         metrics["known_acc"] = float(known_correct[~is_unknown].float().mean())
         metrics["auto_unknowns"] = len(auto)
