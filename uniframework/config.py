@@ -33,6 +33,8 @@ class DataConfig(Section):
     num_known: int | None = Field(None, ge=1)
     class_order: Literal["sorted", "random"] = "sorted"
     labelled_fraction: float = Field(1.0, gt=0.0, le=1.0)  # of the known classes' train images
+    # share of novel-class images in the unlabelled pool (subsampling); None = as it comes
+    pool_novel_share: float | None = Field(None, gt=0.0, le=1.0)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # of the labelled images, held out
     num_tasks: int = Field(1, ge=1)  # incremental tasks: task 0 = known, novel spread over rest
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # imagefolder without train/ and test/

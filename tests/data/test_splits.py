@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from uniframework.data.splits import build_split
+from uniframework.data.splits import build_split, pool_makeup
 from uniframework.errors import UserError
 
 TRAIN = np.repeat(np.arange(10), 50)  # 10 classes x 50 images
@@ -56,3 +56,31 @@ def test_bad_requests_are_user_errors():
         build_split(TRAIN, TEST, num_known=11)
     with pytest.raises(UserError, match="num_tasks"):
         build_split(TRAIN, TEST, num_known=8, num_tasks=4)
+
+
+@pytest.mark.parametrize("share", [0.1, 0.3, 0.5])
+def test_pool_novel_share_sets_the_pools_make_up(share):
+    s = build_split(TRAIN, TEST, num_known=5, labelled_fraction=0.5, seed=0, pool_novel_share=share)
+    makeup = pool_makeup(s, TRAIN)
+    # 5 known classes leave 25 images each in the pool, 5 novel classes bring 50 each
+    assert makeup["unlabelled_known"] + makeup["unlabelled_novel"] == len(s.unlabelled)
+    assert makeup["unlabelled_novel_share"] == pytest.approx(share, abs=0.02)
+    novel = TRAIN[s.unlabelled][TRAIN[s.unlabelled] >= 5]
+    assert len(set(np.bincount(novel)[5:])) == 1  # the same number from each novel class
+    assert np.intersect1d(s.unlabelled, np.concatenate([s.labelled, s.val])).size == 0
+    # the labelled part does not change with the pool's make-up
+    plain = build_split(TRAIN, TEST, num_known=5, labelled_fraction=0.5, seed=0)
+    assert np.array_equal(s.labelled, plain.labelled) and np.array_equal(s.val, plain.val)
+
+
+def test_pool_make_up_without_a_share_and_its_errors():
+    s = build_split(TRAIN, TEST, num_known=5, labelled_fraction=0.8, seed=0)
+    assert pool_makeup(s, TRAIN) == {
+        "unlabelled_known": 50,  # 5 classes x 10 left unlabelled
+        "unlabelled_novel": 250,
+        "unlabelled_novel_share": 250 / 300,
+    }
+    with pytest.raises(UserError, match="labelled_fraction below 1"):
+        build_split(TRAIN, TEST, num_known=5, seed=0, pool_novel_share=0.3)
+    only_novel = build_split(TRAIN, TEST, num_known=5, labelled_fraction=0.5, pool_novel_share=1)
+    assert pool_makeup(only_novel, TRAIN)["unlabelled_known"] == 0

@@ -4,8 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from uniframework.discover.clustering import estimate_num_novel, kmeans
-from uniframework.discover.metrics import cluster_acc, clustering_metrics, hungarian_mapping
+from uniframework.discover.clustering import (
+    estimate_num_classes,
+    estimate_num_novel,
+    kmeans,
+    semi_supervised_kmeans,
+)
+from uniframework.discover.metrics import (
+    cluster_acc,
+    clustering_metrics,
+    gcd_accuracy,
+    hungarian_mapping,
+)
 from uniframework.discover.openmix import anchor_target, mixed_target
 from uniframework.discover.sinkhorn import sinkhorn_knopp
 
@@ -88,3 +98,40 @@ def test_kmeans_recovers_separated_directions_and_the_estimate_finds_their_numbe
     assert cluster_acc(y_novel.numpy(), km.labels_) == 1.0
     n, scores = estimate_num_novel(known, y_known, novel, range(1, 8))
     assert n == 4, scores
+
+
+def test_gcd_accuracy_is_one_hungarian_map_over_all_classes():
+    # classes 0, 1 old (num_known = 2), 2, 3 new; 8 pool images
+    truth = [0, 0, 1, 1, 2, 2, 3, 3]
+    pred = [5, 5, 6, 7, 7, 7, 8, 5]
+    # contingency: cluster 5 -> {0: 2, 3: 1}, 6 -> {1: 1}, 7 -> {1: 1, 2: 2}, 8 -> {3: 1};
+    # the best one-to-one map: 5->0, 6->1, 7->2, 8->3 (2 + 1 + 2 + 1 = 6 right)
+    # right per image: T T T F T T T F  -> all 6/8, old 3/4, new 3/4
+    assert gcd_accuracy(truth, pred, num_known=2) == {"all": 0.75, "old": 0.75, "new": 0.75}
+    # one assignment over all classes, not one per split: a cluster used by the old classes
+    # cannot also count for a new class (per-split maps would give new = 1.0 here)
+    got = gcd_accuracy([0, 0, 2, 2], [1, 1, 1, 1], num_known=1)
+    assert got == {"all": 0.5, "old": 1.0, "new": 0.0}
+
+
+def test_semi_supervised_kmeans_keeps_the_labelled_classes_and_finds_new_ones():
+    eye = np.eye(8)
+    labelled, y = _blobs(eye[:3], 20)
+    pool_known, t_known = _blobs(eye[:3], 10, seed=2)
+    pool_novel, t_novel = _blobs(eye[3:6], 10, seed=3)
+    pool = torch.cat([pool_known, pool_novel])
+    truth = np.concatenate([t_known.numpy(), t_novel.numpy() + 3])
+    assign, centres = semi_supervised_kmeans(labelled, y, pool, num_clusters=6)
+    assert centres.shape == (6, 8)
+    assert (assign[:30] == truth[:30]).all()  # known images join their labelled class
+    assert (assign[30:] >= 3).all()  # novel images go to new clusters
+    assert gcd_accuracy(truth, assign, num_known=3)["all"] == 1.0
+
+
+def test_the_gcd_estimate_finds_the_number_of_separated_clusters():
+    eye = np.eye(10)
+    labelled, y = _blobs(eye[:4], 25)
+    pool = torch.cat([_blobs(eye[:4], 10, seed=1)[0], _blobs(eye[4:9], 20, seed=2)[0]])
+    n, scores = estimate_num_classes(labelled, y, pool, max_novel=8)
+    assert n == 5, scores
+    assert scores[5] == 1.0 and min(scores.values()) < 1.0

@@ -54,8 +54,8 @@ def test_detected_pool_and_estimated_class_count(tmp_path):
     # the detector keeps a pool that is mostly novel; the estimate is reported beside the truth
     assert 0 < metrics["discover.pool_size"] <= len(RunContext(cfg, tmp_path).data.split.unlabelled)
     assert metrics["discover.pool_novel_fraction"] > 0.5
-    assert 1 <= metrics["discover.num_novel_estimated"] <= 6
-    assert metrics["discover.num_novel"] == metrics["discover.num_novel_estimated"]
+    assert 1 <= metrics["discover.num_novel_est"] <= 6
+    assert metrics["discover.num_novel"] == metrics["discover.num_novel_est"]
 
 
 def test_detected_pool_without_an_openset_stage_is_a_clear_error(tmp_path):
@@ -64,3 +64,26 @@ def test_detected_pool_without_an_openset_stage_is_a_clear_error(tmp_path):
     cfg.stages[1]["discover"]["pool"] = "detected"
     with pytest.raises(UserError, match="openset"):
         run(cfg, tmp_path)
+
+
+def test_a_mixed_pool_under_the_gcd_protocol(tmp_path):
+    """Half the pool is known-class images: semi-supervised k-means assigns every pool image to
+    a known class or a new cluster; GCD accuracy over all of them, the pool's make-up reported."""
+    cfg = _config(
+        "sskmeans",
+        "data.labelled_fraction=0.5",
+        "data.pool_novel_share=0.5",
+        "trainer.max_epochs=6",
+    )
+    cfg.stages[2]["discover"].update(pool="all", num_novel="auto", max_novel=8)
+    metrics = run(cfg, tmp_path)
+    m = {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith("discover.")}
+    assert m["unlabelled_novel_share"] == pytest.approx(0.5, abs=0.02)
+    assert m["pool_size"] == m["unlabelled_known"] + m["unlabelled_novel"]
+    assert 1 <= m["num_novel_est"] <= 8 and m["num_novel"] == m["num_novel_est"]
+    for part in ("all", "old", "new"):
+        assert 0.0 <= m[f"gcd_{part}_acc"] <= 1.0
+    # the known classes' images mostly stay with their class; the whole beats chance (~0.2)
+    assert m["gcd_old_acc"] > 0.6 and m["gcd_all_acc"] > 0.4, m
+    found = read_json(tmp_path / "discover/discovered.json")
+    assert found["label"] and min(found["label"]) >= 5  # only new clusters go on to learn

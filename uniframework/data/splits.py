@@ -5,6 +5,7 @@ class `class_order[i]`. The first `num_known` are known, the rest novel:
 
     train set = labelled (known, minus val) + val (held-out known) + unlabelled pool
     unlabelled pool = the known images left unlabelled + every novel image (label shown as -1)
+                      (`pool_novel_share`: subsampled, class-balanced, to that share of novel)
     test set = every class
     tasks = [known] + the novel classes spread over `num_tasks - 1` incremental tasks
 """
@@ -58,8 +59,12 @@ def build_split(
     val_fraction: float = 0.1,
     num_tasks: int = 1,
     seed: int = 0,
+    pool_novel_share: float | None = None,
 ) -> OpenWorldSplit:
-    """Build the split; the same arguments always give the same split."""
+    """Build the split; the same arguments always give the same split. `pool_novel_share`
+    (0 < s <= 1) makes the unlabelled pool that share novel: the larger part (the known
+    classes' unlabelled images or the novel ones) is subsampled, the same fraction from each of
+    its classes; images left out are used nowhere."""
     train_targets, test_targets = np.asarray(train_targets), np.asarray(test_targets)
     classes = np.unique(train_targets)
     rng = np.random.default_rng(seed)
@@ -76,17 +81,19 @@ def build_split(
             f"config key 'data.num_tasks' = {num_tasks}: {novel} novel classes cannot fill "
             f"{num_tasks - 1} incremental tasks; lower num_tasks or data.num_known"
         )
-    labelled, val, unlabelled = [], [], []
+    labelled, val, pool_known, pool_novel = [], [], [], []
     for c in order:
         idx = rng.permutation(np.flatnonzero(train_targets == c))
         if order.index(c) >= k:  # novel: everything goes to the unlabelled pool
-            unlabelled.append(idx)
+            pool_novel.append(idx)
             continue
         n_lab = max(1, int(round(labelled_fraction * len(idx))))
         n_val = int(round(val_fraction * n_lab)) if n_lab > 1 else 0
         val.append(idx[:n_val])
         labelled.append(idx[n_val:n_lab])
-        unlabelled.append(idx[n_lab:])
+        pool_known.append(idx[n_lab:])
+    if pool_novel_share is not None:
+        pool_known, pool_novel = _to_share(pool_known, pool_novel, pool_novel_share)
     tasks = [list(range(k))]
     if num_tasks > 1:
         tasks += [t.tolist() for t in np.array_split(np.arange(k, len(order)), num_tasks - 1)]
@@ -95,7 +102,7 @@ def build_split(
         num_known=k,
         labelled=_sorted_union(labelled),
         val=_sorted_union(val),
-        unlabelled=_sorted_union(unlabelled),
+        unlabelled=_sorted_union(pool_known + pool_novel),
         test=np.flatnonzero(np.isin(test_targets, classes)).astype(np.int64),
         tasks=tasks,
     )
@@ -103,3 +110,33 @@ def build_split(
 
 def _sorted_union(parts: list[np.ndarray]) -> np.ndarray:
     return np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def _to_share(
+    known: list[np.ndarray], novel: list[np.ndarray], share: float
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Subsample one side (per class, each already shuffled) so novel / (known + novel) = share."""
+    n_known, n_novel = sum(map(len, known)), sum(map(len, novel))
+    if n_novel == 0 or (share < 1 and n_known == 0):
+        raise UserError(
+            f"config key 'data.pool_novel_share' = {share}: the pool holds {n_known} known and "
+            f"{n_novel} novel images; it needs both — set data.num_known below the class count "
+            "and data.labelled_fraction below 1 (the known images left unlabelled join the pool)"
+        )
+    if share >= 1:
+        return [c[:0] for c in known], novel
+    if n_novel / (n_known + n_novel) > share:  # too many novel: keep fewer of them
+        keep = share / (1 - share) * n_known / n_novel
+        return known, [c[: max(1, int(round(keep * len(c))))] for c in novel]
+    keep = (1 - share) / share * n_novel / n_known
+    return [c[: int(round(keep * len(c)))] for c in known], novel
+
+
+def pool_makeup(split: OpenWorldSplit, train_targets: np.ndarray) -> dict[str, float]:
+    """How the unlabelled pool was made up (from the hidden truth; for reports only)."""
+    novel = split.remap(np.asarray(train_targets)[split.unlabelled]) >= split.num_known
+    return {
+        "unlabelled_known": int((~novel).sum()),
+        "unlabelled_novel": int(novel.sum()),
+        "unlabelled_novel_share": float(novel.mean()) if len(novel) else float("nan"),
+    }

@@ -66,6 +66,7 @@ class OpenWorldData:
             val_fraction=cfg.val_fraction,
             num_tasks=cfg.num_tasks,
             seed=seed,
+            pool_novel_share=cfg.pool_novel_share,
         )
         return cls(cfg, train, test, split)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import minimize_scalar
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
@@ -58,3 +59,112 @@ def estimate_num_novel(
         sil = float(silhouette_score(normalise(x), pred, metric="cosine"))
         scores[n] = acc + sil
     return max(scores, key=scores.get), scores
+
+
+def semi_supervised_kmeans(
+    labelled: torch.Tensor,
+    labels: torch.Tensor,
+    pool: torch.Tensor,
+    num_clusters: int,
+    seed: int = 0,
+    n_init: int = 5,
+    max_iter: int = 100,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Semi-supervised k-means (GCD, Vaze et al. 2022, Sec. 3.2) on normalised features.
+
+    The labelled images [L, D] keep their class as their cluster throughout; cluster c <
+    num_known starts at class c's mean, the others by k-means++ over the pool [P, D] given
+    those centres. Each iteration assigns every pool image to its nearest centre and moves each
+    centre to the mean of its members (labelled + pool). The best of `n_init` starts (lowest
+    inertia) is kept. Returns the pool's cluster ids [P] (< num_known = a known class) and the
+    centres [num_clusters, D].
+    """
+    xl, xp = normalise(labelled), normalise(pool)
+    y = labels.numpy().astype(np.int64)
+    num_known = int(y.max()) + 1
+    if num_clusters < num_known:
+        raise ValueError(f"num_clusters {num_clusters} < the {num_known} labelled classes")
+    x = np.concatenate([xl, xp])
+    known_centres = np.stack([xl[y == c].mean(0) for c in range(num_known)])
+    rng = np.random.default_rng(seed)
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    for _ in range(n_init):
+        centres = _plusplus(xp, known_centres, num_clusters - num_known, rng)
+        assign = np.full(len(xp), -1)
+        for _ in range(max_iter):
+            # squared distances [P, K] = |x|^2 - 2 x.c + |c|^2
+            d = (xp**2).sum(1, keepdims=True) - 2 * xp @ centres.T + (centres**2).sum(1)
+            new = d.argmin(1)
+            if (new == assign).all():
+                break
+            assign = new
+            members = np.concatenate([y, assign])
+            for c in range(num_clusters):
+                if (members == c).any():
+                    centres[c] = x[members == c].mean(0)
+        inertia = float(d[np.arange(len(xp)), assign].sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, assign.copy(), centres.copy())
+    return best[1], best[2]
+
+
+def _plusplus(x: np.ndarray, given: np.ndarray, n: int, rng) -> np.ndarray:
+    """`given` centres plus `n` more drawn by k-means++ (probability ~ squared distance to the
+    nearest centre so far) from the rows of `x`."""
+    centres = [c for c in given]
+    d = ((x[:, None, :] - given[None]) ** 2).sum(-1).min(1)
+    for _ in range(n):
+        p = d / d.sum() if d.sum() > 0 else np.full(len(x), 1 / len(x))
+        c = x[rng.choice(len(x), p=p)]
+        centres.append(c)
+        d = np.minimum(d, ((x - c) ** 2).sum(1))
+    return np.stack(centres).astype(np.float64)
+
+
+def estimate_num_classes(
+    labelled: torch.Tensor,
+    labels: torch.Tensor,
+    pool: torch.Tensor,
+    max_novel: int,
+    seed: int = 0,
+    max_points: int = 4000,
+    tolerance: float = 0.01,
+    grid_up_to: int = 16,
+) -> tuple[int, dict[int, float]]:
+    """The number of novel classes, after GCD's estimator (Vaze et al. 2022, Appendix): k-means
+    with K clusters on labelled + pool features together, scored by the Hungarian accuracy of
+    the clustering on the labelled images, over K in [num_known + 1, num_known + max_novel].
+
+    The score falls when K is too large (clusters split the labelled classes) but is flat when K
+    is too small and only unlabelled classes merge, so the answer is the **largest** K whose
+    score is within `tolerance` of the best: the finest clustering that still keeps each
+    labelled class whole (GCD maximises with Brent's method and breaks no ties). Up to
+    `grid_up_to` candidates every K is tried; beyond, Brent's bounded search (scipy) as in GCD.
+    Returns the number of novel classes (K - num_known) and each tried count's score.
+    """
+    rng = np.random.default_rng(seed)
+    num_known = int(labels.max()) + 1
+    keep_l = rng.permutation(len(labelled))[: max_points // 2]
+    keep_p = rng.permutation(len(pool))[: max_points - len(keep_l)]
+    x = torch.cat([labelled[keep_l], pool[keep_p]])
+    y = labels[keep_l].numpy()
+    scores: dict[int, float] = {}
+
+    def neg_acc(k: float) -> float:
+        k = int(round(k))
+        if k not in scores:
+            pred = kmeans(x, k, seed, n_init=3).labels_
+            scores[k] = cluster_acc(y, pred[: len(keep_l)])
+        return -scores[k]
+
+    lo, hi = num_known + 1, num_known + max_novel
+    if hi - lo + 1 <= grid_up_to:
+        for k in range(lo, hi + 1):
+            neg_acc(k)
+    else:
+        minimize_scalar(neg_acc, bounds=(lo, hi), method="bounded", options={"xatol": 0.5})
+        for k in (lo, hi):  # the bounded search never evaluates the ends themselves
+            neg_acc(k)
+    best = max(scores.values())
+    k = max(k for k, v in scores.items() if v >= best - tolerance)
+    return k - num_known, {k - num_known: v for k, v in sorted(scores.items())}

@@ -45,3 +45,21 @@ def clustering_metrics(truth, pred) -> dict[str, float]:
         "nmi": float(normalized_mutual_info_score(truth, pred)),
         "ari": float(adjusted_rand_score(truth, pred)),
     }
+
+
+def gcd_accuracy(truth, pred, num_known: int) -> dict[str, float]:
+    """Generalized Category Discovery accuracy (Vaze et al. CVPR 2022, the "v2" protocol): one
+    Hungarian assignment of clusters to classes over **all** pool images (old and new classes
+    together), then the accuracy split by the true class: `all`, `old` (classes < num_known),
+    `new` (classes >= num_known). A cluster matched to no class counts as wrong."""
+    truth, pred = np.asarray(truth, np.int64), np.asarray(pred, np.int64)
+    if truth.size == 0:
+        return {"all": float("nan"), "old": float("nan"), "new": float("nan")}
+    mapping = hungarian_mapping(truth, pred)
+    right = np.array([mapping.get(int(p), -(10**9)) for p in pred]) == truth
+    old = truth < num_known
+
+    def mean(mask: np.ndarray) -> float:
+        return float(right[mask].mean()) if mask.any() else float("nan")
+
+    return {"all": float(right.mean()), "old": mean(old), "new": mean(~old)}

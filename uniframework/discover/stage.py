@@ -4,16 +4,24 @@ Which images (option `pool`):
 - `novel`: the pool's images of novel classes (the novel-class-discovery protocol, where the
   unlabelled set is known to hold only new classes; the filter uses the split's truth);
 - `detected`: the pool images the open-set stage's detector (`openset/detector.json`, any
-  scorer with its decision rule) flags as unknown (the open-world protocol; no truth used).
+  scorer with its decision rule) flags as unknown (the open-world protocol; no truth used);
+- `all`: every unlabelled image, each assigned to a known class or a new cluster
+  (Generalized Category Discovery, Vaze et al. CVPR 2022: the pool mixes known and novel).
 How many novel classes (option `num_novel`): a number, `null` = the split's true count (given),
-or `auto` = estimated (`clustering.estimate_num_novel`), reported beside the truth.
-Methods (option `method`): `openmix` (OpenMix), `kmeans`, `sinkhorn` (UNO-style head).
+or `auto` = estimated (`estimator`: `gcd` = `clustering.estimate_num_classes`, GCD's Brent
+search on the labelled images' clustering accuracy; `dtc` = `clustering.estimate_num_novel`),
+reported as `num_novel_est` beside the truth `num_novel_true`.
+Methods (option `method`): `openmix` (OpenMix), `kmeans`, `sinkhorn` (UNO-style head),
+`sskmeans` (GCD's semi-supervised k-means: labelled images keep their class).
 
 Writes `discover/discovered.json` (pool indices, their discovered labels k..k+n-1, the
 Hungarian map to true classes used for evaluation, class names) for `incremental` and
 `predict`; `checkpoints/discover.safetensors` (the classifier over known + novel outputs);
 `discover/embedding.png`. Metrics: `novel_acc|nmi|ari` on the pool's truly-novel images,
-`test_novel_acc|nmi|ari` on the test set's novel classes (novel outputs only), `known_acc`.
+`test_novel_acc|nmi|ari` on the test set's novel classes (novel outputs only), `known_acc`;
+`gcd_all_acc|gcd_old_acc|gcd_new_acc` (GCD's v2 accuracy over every unlabelled image: images
+outside a `novel` / `detected` pool keep the supervised model's known class); the unlabelled
+pool's make-up `unlabelled_known|novel|novel_share`.
 """
 
 from __future__ import annotations
@@ -27,13 +35,20 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..config import Section
+from ..data.splits import pool_makeup
 from ..errors import UserError
 from ..io import write_json
 from ..models import Classifier, grow_head, shrink_head
 from ..registry import STAGES
 from ..training import extract, fit, make_trainer
-from .clustering import assign, estimate_num_novel, kmeans
-from .metrics import clustering_metrics, hungarian_mapping
+from .clustering import (
+    assign,
+    estimate_num_classes,
+    estimate_num_novel,
+    kmeans,
+    semi_supervised_kmeans,
+)
+from .metrics import clustering_metrics, gcd_accuracy, hungarian_mapping
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +56,10 @@ log = logging.getLogger(__name__)
 class DiscoverOptions(Section):
     """Options of the `discover` stage."""
 
-    method: Literal["openmix", "kmeans", "sinkhorn"] = "openmix"
-    pool: Literal["novel", "detected"] = "novel"
+    method: Literal["openmix", "kmeans", "sinkhorn", "sskmeans"] = "openmix"
+    pool: Literal["novel", "detected", "all"] = "novel"
     num_novel: int | Literal["auto"] | None = None  # None = the split's true count
+    estimator: Literal["gcd", "dtc"] = "gcd"  # how `auto` counts the novel classes
     max_novel: int = Field(10, ge=1)  # largest count tried by `auto`
     max_epochs: int | None = Field(None, ge=1)  # None = trainer.max_epochs
     lr: float = Field(1e-3, gt=0)
@@ -87,23 +103,38 @@ class DiscoverStage:
             "pool_size": int(keep.sum()),
             "pool_novel_fraction": float((pool_truth >= k).float().mean()),
             "num_novel_true": len(split.novel),
+            **pool_makeup(split, data.train.targets),
         }
         n = opts.num_novel if isinstance(opts.num_novel, int) else len(split.novel)
-        if opts.num_novel == "auto":
+        labelled = None
+        if opts.num_novel == "auto" or opts.method == "sskmeans":
             labelled = extract(supervised, data.loader(data.view("labelled")))
-            n, scores = estimate_num_novel(
-                labelled["features"],
-                labelled["labels"],
-                pool["features"],
-                range(1, opts.max_novel + 1),
-                seed=ctx.cfg.seed,
+        if opts.num_novel == "auto":
+            estimate = estimate_num_classes if opts.estimator == "gcd" else estimate_num_novel
+            args = (labelled["features"], labelled["labels"], pool["features"])
+            if opts.estimator == "gcd":
+                n, scores = estimate(*args, opts.max_novel, seed=ctx.cfg.seed)
+            else:
+                n, scores = estimate(*args, range(1, opts.max_novel + 1), seed=ctx.cfg.seed)
+            metrics["num_novel_est"] = n
+            log.info(
+                "discover: %d novel classes estimated (truth %d; %s scores %s)",
+                n,
+                len(split.novel),
+                opts.estimator,
+                {c: round(v, 3) for c, v in scores.items()},
             )
-            metrics["num_novel_estimated"] = n
-            log.info("discover: %d novel classes estimated (truth %d)", n, len(split.novel))
         metrics["num_novel"] = n
-        km = kmeans(pool["features"], n, seed=ctx.cfg.seed)
-        model = novel_head(supervised, k, n, torch.from_numpy(km.cluster_centers_).float())
-        if opts.method != "kmeans":
+        if opts.method == "sskmeans":
+            pool_pred, centres = semi_supervised_kmeans(
+                labelled["features"], labelled["labels"], pool["features"], k + n, ctx.cfg.seed
+            )
+            centroids = torch.from_numpy(centres[k:]).float()
+        else:
+            km = kmeans(pool["features"], n, seed=ctx.cfg.seed)
+            centroids = torch.from_numpy(km.cluster_centers_).float()
+        model = novel_head(supervised, k, n, centroids)
+        if opts.method not in ("kmeans", "sskmeans"):
             trained = _train(ctx, opts, model, k, pool["index"].numpy())
             if trained is None:  # not rank 0
                 return {}
@@ -114,13 +145,29 @@ class DiscoverStage:
         test = extract(model, data.loader(data.view("test")))
         novel_test = test["labels"] >= k
         if opts.method == "kmeans":  # nearest centroid of the supervised features
-            pool_pred = km.labels_
+            pool_pred = km.labels_ + k
             test_pred = assign(km, test["features"][novel_test])
+        elif opts.method == "sskmeans":  # the test images: the grown head's novel outputs
+            test_pred = test["logits"][novel_test][:, k:].argmax(1).numpy()
         else:
             pool_view = _pool_view(data, pool["index"].numpy())
-            pool_pred = extract(model, data.loader(pool_view))["logits"][:, k:]
-            pool_pred = pool_pred.argmax(1).numpy()
+            logits = extract(model, data.loader(pool_view))["logits"]
+            # a pool of unknowns (novel / detected) is split among the new classes; a mixed
+            # pool (all) may also go to the known ones
+            pool_pred = (
+                logits.argmax(1).numpy()
+                if opts.pool == "all"
+                else logits[:, k:].argmax(1).numpy() + k
+            )
             test_pred = test["logits"][novel_test][:, k:].argmax(1).numpy()
+        # GCD v2 accuracy over the whole unlabelled pool: the rest keep their known class
+        every = pool_all["logits"][:, :k].argmax(1).numpy()
+        every[keep.numpy()] = pool_pred
+        gcd = gcd_accuracy(truth.numpy(), every, k)
+        metrics.update({f"gcd_{part}_acc": v for part, v in gcd.items()})
+        new = pool_pred >= k  # the images given to a new class
+        pool = {key: v[torch.from_numpy(new)] for key, v in pool.items()}
+        pool_truth, pool_pred = pool_truth[torch.from_numpy(new)], pool_pred[new] - k
         novel_pool = (pool_truth >= k).numpy()
         on_pool = clustering_metrics(pool_truth.numpy()[novel_pool], pool_pred[novel_pool])
         on_test = clustering_metrics(test["labels"][novel_test].numpy(), test_pred)
@@ -172,6 +219,8 @@ def select_pool(ctx, opts, pool: dict, truth: torch.Tensor, k: int) -> torch.Ten
     """[P] bool: the pool images to discover from (see the module docstring)."""
     if opts.pool == "novel":
         return truth >= k
+    if opts.pool == "all":
+        return torch.ones_like(truth, dtype=torch.bool)
     from ..openset.detector import Detector
 
     detector = Detector.load(ctx.run_dir / "openset")
