@@ -20,17 +20,19 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 
 from ..config import Section
+from ..data.splits import pool_makeup
 from ..errors import UserError
 from ..registry import STAGES
 from ..training import extract
 from .detector import Detector
 from .metrics import openset_metrics
 from .scores import energy_score, make_scorer
-from .weibull import EnergyWeibullScorer
+from .weibull import EnergyWeibullScorer, fit_weibull
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,12 @@ class OpensetOptions(Section):
     temperature: float = Field(1.5, gt=0)  # energy temperature T (ORE's official value)
     knn_k: int = Field(20, ge=1)
     unknown_fraction: float = Field(0.3, gt=0, le=1)  # of the pool auto-labelled as unknown
+    # which pool images are auto-labelled unknown for the Weibull fit: `top_energy` = the
+    # `unknown_fraction` of highest energy (right when the pool is all novel); `known_weibull`
+    # = those unlikely under a Weibull fitted to the held-out knowns (tail < `unknown_alpha`),
+    # which holds on a pool that mixes known and novel images
+    auto_label: Literal["top_energy", "known_weibull"] = "top_energy"
+    unknown_alpha: float = Field(0.05, gt=0, lt=1)
     figures: bool = True
 
     @model_validator(mode="after")
@@ -68,6 +76,32 @@ def auto_label_unknowns(logits: torch.Tensor, fraction: float, temperature: floa
     """Indices of the `fraction` of samples with the highest energy score (least known)."""
     k = max(3, int(round(fraction * len(logits))))
     return energy_score(logits, temperature).topk(min(k, len(logits))).indices
+
+
+def auto_label_unlikely(
+    logits: torch.Tensor, known_logits: torch.Tensor, temperature: float, alpha: float
+) -> torch.Tensor:
+    """Indices of the pool samples [N, k] unlikely to be known: ORE's Weibull fitted to the
+    held-out knowns' x = -energy [M, k] (`fit_weibull`), and a sample is taken when its x lies
+    in the known fit's lower tail, CDF(x) < alpha (at least the 3 least likely). The rule reads
+    only the labelled knowns, so it does not feed on its own picks."""
+    known = fit_weibull(-energy_score(known_logits, temperature))
+    x = (-energy_score(logits, temperature)).double().numpy()
+    logcdf = torch.from_numpy(known.logcdf(x))
+    picked = torch.nonzero(logcdf < np.log(alpha)).flatten()
+    return picked if len(picked) >= 3 else logcdf.topk(min(3, len(logcdf)), largest=False).indices
+
+
+def selection_quality(picked: torch.Tensor, is_novel: torch.Tensor) -> dict[str, float]:
+    """Auto-labelled unknowns (indices into the pool) against the pool's truth [N] bool:
+    `auto_unknown_precision` = share of the picked that are novel, `auto_unknown_recall` =
+    share of the pool's novel images that were picked (NaN where undefined)."""
+    hit = int(is_novel[picked].sum())
+    novel = int(is_novel.sum())
+    return {
+        "auto_unknown_precision": hit / len(picked) if len(picked) else float("nan"),
+        "auto_unknown_recall": hit / novel if novel else float("nan"),
+    }
 
 
 def _scorer(name: str, opts: OpensetOptions, num_known: int):
@@ -108,7 +142,12 @@ class OpensetStage:
             raise UserError(
                 "the openset stage needs held-out known images: set data.val_fraction > 0"
             )
-        auto = auto_label_unknowns(pool["logits"], opts.unknown_fraction, opts.temperature)
+        if opts.auto_label == "top_energy":
+            auto = auto_label_unknowns(pool["logits"], opts.unknown_fraction, opts.temperature)
+        else:
+            auto = auto_label_unlikely(
+                pool["logits"], val["logits"], opts.temperature, opts.unknown_alpha
+            )
         calib = {
             "features": torch.cat([val["features"], pool["features"][auto]]),
             "logits": torch.cat([val["logits"], pool["logits"][auto]]),
@@ -133,12 +172,14 @@ class OpensetStage:
         chosen = ("auroc", "fpr95", "fpr95_in", "oscr", "known_kept", "unknown_caught")
         metrics.update({m: metrics[f"{opts.detector}.{m}"] for m in chosen})
         metrics["known_acc"] = float(known_correct[~is_unknown].float().mean())
-        metrics["auto_unknowns"] = len(auto)
-        metrics["auto_unknowns_truly_novel"] = float(
-            (
-                data.split.remap(data.train.targets[pool["index"][auto].numpy()]) >= split.num_known
-            ).mean()
+        # the selection against the pool's hidden truth (evaluation only)
+        pool_novel = torch.from_numpy(
+            split.remap(data.train.targets[pool["index"].numpy()]) >= split.num_known
         )
+        metrics["auto_unknowns"] = len(auto)
+        metrics.update(selection_quality(auto, pool_novel))
+        metrics["auto_unknowns_truly_novel"] = metrics["auto_unknown_precision"]  # older name
+        metrics.update(pool_makeup(split, data.train.targets))
         out = ctx.run_dir / "openset"
         fitted[opts.detector].save(out)
         if opts.figures:
