@@ -87,3 +87,16 @@ def test_a_mixed_pool_under_the_gcd_protocol(tmp_path):
     assert m["gcd_old_acc"] > 0.6 and m["gcd_all_acc"] > 0.4, m
     found = read_json(tmp_path / "discover/discovered.json")
     assert found["label"] and min(found["label"]) >= 5  # only new clusters go on to learn
+
+
+def test_gcd_fine_tunes_then_clusters_with_the_centres_as_the_head(tmp_path):
+    cfg = _config("gcd", "data.labelled_fraction=0.5")
+    cfg.stages[2]["discover"].update(pool="all", max_epochs=1)
+    metrics = run(cfg, tmp_path)
+    assert metrics["discover.num_novel"] == 5
+    for part in ("all", "old", "new"):
+        assert 0.0 <= metrics[f"discover.gcd_{part}_acc"] <= 1.0
+    assert metrics["discover.gcd_old_acc"] > 0.5, metrics  # the known classes stay put
+    model, meta = RunContext(cfg, tmp_path).load_classifier("discover")
+    assert model.num_classes == 10 and meta["num_novel"] == 5
+    assert (tmp_path / "logs/discover/csv/metrics.csv").is_file()  # it trained

@@ -12,7 +12,9 @@ or `auto` = estimated (`estimator`: `gcd` = `clustering.estimate_num_classes`, G
 search on the labelled images' clustering accuracy; `dtc` = `clustering.estimate_num_novel`),
 reported as `num_novel_est` beside the truth `num_novel_true`.
 Methods (option `method`): `openmix` (OpenMix), `kmeans`, `sinkhorn` (UNO-style head),
-`sskmeans` (GCD's semi-supervised k-means: labelled images keep their class).
+`sskmeans` (GCD's semi-supervised k-means: labelled images keep their class), `gcd` (GCD:
+contrastive fine-tuning on labelled + pool images first (`gcd.py`), then the class count and
+semi-supervised k-means on the fine-tuned features).
 
 Writes `discover/discovered.json` (pool indices, their discovered labels k..k+n-1, the
 Hungarian map to true classes used for evaluation, class names) for `incremental` and
@@ -48,6 +50,7 @@ from .clustering import (
     kmeans,
     semi_supervised_kmeans,
 )
+from .gcd import centre_head
 from .metrics import clustering_metrics, gcd_accuracy, hungarian_mapping
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,7 @@ log = logging.getLogger(__name__)
 class DiscoverOptions(Section):
     """Options of the `discover` stage."""
 
-    method: Literal["openmix", "kmeans", "sinkhorn", "sskmeans"] = "openmix"
+    method: Literal["openmix", "kmeans", "sinkhorn", "sskmeans", "gcd"] = "openmix"
     pool: Literal["novel", "detected", "all"] = "novel"
     num_novel: int | Literal["auto"] | None = None  # None = the split's true count
     estimator: Literal["gcd", "dtc"] = "gcd"  # how `auto` counts the novel classes
@@ -70,6 +73,11 @@ class DiscoverOptions(Section):
     anchor_weight: float = Field(1.0, ge=0)
     mix_weight: float = Field(1.0, ge=0)  # OpenMix: labelled x unlabelled mixtures
     sinkhorn_epsilon: float = Field(0.05, gt=0)
+    gcd_sup_weight: float = Field(0.35, ge=0, le=1)  # GCD: (1 - lam) InfoNCE + lam SupCon
+    gcd_temperature: float = Field(1.0, gt=0)  # GCD: InfoNCE temperature (official code)
+    gcd_sup_temperature: float = Field(0.07, gt=0)  # GCD: SupCon temperature
+    gcd_proj_dim: int = Field(256, ge=1)  # GCD: projection output (official 65536)
+    gcd_hidden_dim: int = Field(512, ge=1)  # GCD: projection MLP width (official 2048)
     figures: bool = True
 
 
@@ -106,9 +114,17 @@ class DiscoverStage:
             **pool_makeup(split, data.train.targets),
         }
         n = opts.num_novel if isinstance(opts.num_novel, int) else len(split.novel)
+        model = supervised
+        if opts.method == "gcd":  # learn the representation first; it needs no class count
+            model = shrink_head(supervised, k)
+            if _train(ctx, opts, model, k, pool["index"].numpy()) is None:
+                return {}  # not rank 0
+            pool["features"] = extract(model, data.loader(_pool_view(data, pool["index"])))[
+                "features"
+            ]
         labelled = None
-        if opts.num_novel == "auto" or opts.method == "sskmeans":
-            labelled = extract(supervised, data.loader(data.view("labelled")))
+        if opts.num_novel == "auto" or opts.method in ("sskmeans", "gcd"):
+            labelled = extract(model, data.loader(data.view("labelled")))
         if opts.num_novel == "auto":
             estimate = estimate_num_classes if opts.estimator == "gcd" else estimate_num_novel
             args = (labelled["features"], labelled["labels"], pool["features"])
@@ -125,16 +141,18 @@ class DiscoverStage:
                 {c: round(v, 3) for c, v in scores.items()},
             )
         metrics["num_novel"] = n
-        if opts.method == "sskmeans":
+        if opts.method in ("sskmeans", "gcd"):
             pool_pred, centres = semi_supervised_kmeans(
                 labelled["features"], labelled["labels"], pool["features"], k + n, ctx.cfg.seed
             )
-            centroids = torch.from_numpy(centres[k:]).float()
+            if opts.method == "gcd":  # the fine-tuned features moved: every row a centre
+                centre_head(model, torch.from_numpy(centres).float())
+            else:
+                model = novel_head(supervised, k, n, torch.from_numpy(centres[k:]).float())
         else:
             km = kmeans(pool["features"], n, seed=ctx.cfg.seed)
-            centroids = torch.from_numpy(km.cluster_centers_).float()
-        model = novel_head(supervised, k, n, centroids)
-        if opts.method not in ("kmeans", "sskmeans"):
+            model = novel_head(supervised, k, n, torch.from_numpy(km.cluster_centers_).float())
+        if opts.method not in ("kmeans", "sskmeans", "gcd"):
             trained = _train(ctx, opts, model, k, pool["index"].numpy())
             if trained is None:  # not rank 0
                 return {}
@@ -147,7 +165,7 @@ class DiscoverStage:
         if opts.method == "kmeans":  # nearest centroid of the supervised features
             pool_pred = km.labels_ + k
             test_pred = assign(km, test["features"][novel_test])
-        elif opts.method == "sskmeans":  # the test images: the grown head's novel outputs
+        elif opts.method in ("sskmeans", "gcd"):  # test images: the head's novel outputs
             test_pred = test["logits"][novel_test][:, k:].argmax(1).numpy()
         else:
             pool_view = _pool_view(data, pool["index"].numpy())
@@ -256,13 +274,14 @@ def _pool_view(data, index, train: bool = False):
 
 def _train(ctx, opts, model: Classifier, k: int, pool_index):
     """Train OpenMix or the Sinkhorn head on Lightning; None on ranks other than 0."""
+    from .gcd import GCDModule
     from .openmix import OpenMixModule
     from .uno import TwoViews, UNOModule
 
     data, cfg = ctx.data, ctx.cfg
     pool_train = _pool_view(data, pool_index, train=True)
     labelled = data.view("labelled", train=True)
-    learner = OpenMixModule if opts.method == "openmix" else UNOModule
+    learner = {"openmix": OpenMixModule, "gcd": GCDModule}.get(opts.method, UNOModule)
     module = learner(model, opts, k)
     labelled, pool_train = TwoViews(labelled), TwoViews(pool_train)
     train = {
