@@ -145,6 +145,9 @@ def test_report_is_self_contained_and_renders_every_figure(tiny_run, chromium, t
     assert f"<td>{state['seconds']['supervised']:.4g}</td>" in page
     assert "<h3>openset</h3>" in page and "energy_weibull" in page and "known_acc" in page
     assert "<code>" not in page  # nothing reported missing
+    # the pool's make-up and the class count, in words (the demo split: the pool is all novel)
+    assert "The unlabelled pool: 0 images of known classes +" in page and "(100% novel)" in page
+    assert "Novel classes: 5 (given; truth 5)." in page
     for f in ("report/clusters.png", "report/confusion.png"):
         assert (tiny_run / f).is_file(), f
     # 1 reconstruction (1 epoch), embedding, 2 open-set, clusters, confusion, 2 incremental

@@ -254,6 +254,25 @@ def _pretrain_figures(run_dir: Path) -> list[tuple[Path, str]]:
     return [(p, f"pretrain: {p.stem.replace('_', ' ')}") for p in chosen + other]
 
 
+def _pool_line(metrics: dict) -> str:
+    """The unlabelled pool's make-up and the class count (estimated or given), in words."""
+    m = {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith("discover.")}
+    parts = []
+    if "unlabelled_known" in m:
+        parts.append(
+            f"The unlabelled pool: {m['unlabelled_known']} images of known classes + "
+            f"{m['unlabelled_novel']} of novel ones ({m['unlabelled_novel_share']:.0%} novel); "
+            f"{m.get('pool_size', '?')} went to discovery."
+        )
+    if "num_novel_est" in m:
+        parts.append(
+            f"Novel classes: {m['num_novel_est']} estimated (truth {m.get('num_novel_true')})."
+        )
+    elif "num_novel" in m:
+        parts.append(f"Novel classes: {m['num_novel']} (given; truth {m.get('num_novel_true')}).")
+    return f"<p>{html.escape(' '.join(parts))}</p>" if parts else ""
+
+
 def _drawn_here(ctx: RunContext) -> str:
     """The clusters and confusion sections, whose figures this module draws from the run."""
     out, run_dir = [], ctx.run_dir
@@ -265,7 +284,8 @@ def _drawn_here(ctx: RunContext) -> str:
             path = run_dir / "report" / "clusters.png"
             cluster_figure(ctx, discovered, path)
             caption = f"{discovered['num_novel']} classes found by {discovered['method']}"
-            out.append("<h2>Discovered classes</h2>" + _img(path, caption))
+            metrics = read_json(run_dir / "metrics.json", {})
+            out.append("<h2>Discovered classes</h2>" + _pool_line(metrics) + _img(path, caption))
         cm = confusion_counts(ctx)
         if cm is None:
             out.append(_missing("confusion matrix", "supervised"))
