@@ -1,6 +1,7 @@
 """The whole open-world loop against the demo issue's aims: digits (the demo) and cifar10-mini.
 
-    .venv/bin/python benchmarks/openworld.py [--only demo|cifar10-mini] [key=value ...]
+    .venv/bin/python benchmarks/openworld.py [--only demo|cifar10-mini] [--baseline | --no-loop]
+        [key=value ...]
 
 `demo` runs configs/demo.yaml, `cifar10-mini` configs/openworld-cifar10-mini.yaml, each from an
 empty run folder (benchmarks/out/openworld-<name>/), with the given overrides. Printed per loop:
@@ -8,6 +9,13 @@ the aim figures (known accuracy, unknown AUROC of the chosen detector and of eve
 novel clustering accuracy on the detected pool, final accuracy over all classes, old / new),
 seconds per stage and the process's peak resident memory. Run it on a quiet machine for the
 wall time; the figures themselves are deterministic on the CPU.
+
+`--baseline` also runs benchmarks/baseline.py (a plain 5-conv CNN, MSP / energy, k-means, naive
+fine-tune; always 32 px) on the same config's split — the same known / val / pool / test images
+— clustering the pool the config's discover stage clusters (`pool: novel | detected`), and
+prints the loop and the baseline side by side: each figure, the margin (loop − baseline) and
+the seconds per stage. `--no-loop` runs the baseline instead of the loop and compares it with
+the figures a previous loop left in its run folder (none there: the baseline column alone).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from uniframework.config import load_config
 from uniframework.io import read_json
@@ -36,11 +45,24 @@ AIMS = [  # (metric, aim, label)
     ("incremental.all_acc", 0.90, "final accuracy, all classes"),
 ]
 SCORERS = ["msp", "maxlogit", "energy", "energy_weibull", "mahalanobis", "knn"]
+SIDE_BY_SIDE = [  # (metric, label); the baseline's `openset.auroc` is its energy score's
+    ("supervised.known_acc", "known accuracy"),
+    ("openset.auroc", "unknown AUROC (loop: chosen detector; baseline: energy)"),
+    ("openset.msp.auroc", "unknown AUROC, MSP"),
+    ("openset.energy.auroc", "unknown AUROC, energy"),
+    ("discover.novel_acc", "novel clustering accuracy"),
+    ("incremental.all_acc", "final accuracy, all classes"),
+    ("incremental.old_acc", "  old classes"),
+    ("incremental.new_acc", "  new classes"),
+]
+STAGES = ["supervised", "openset", "discover", "incremental"]
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--only", choices=list(LOOPS))
+    p.add_argument("--baseline", action="store_true", help="also run benchmarks/baseline.py")
+    p.add_argument("--no-loop", action="store_true", help="baseline only, vs the last loop run")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = p.parse_args()
     print(
@@ -52,8 +74,11 @@ def main() -> None:
         if args.only not in (None, name):
             continue
         out = OUT / f"openworld-{name}"
-        shutil.rmtree(out, ignore_errors=True)
         cfg = load_config(config, ["trainer.enable_progress_bar=false", *args.overrides])
+        if args.no_loop:
+            results[name] = side_by_side(name, config, cfg, args.overrides, out, None)
+            continue
+        shutil.rmtree(out, ignore_errors=True)
         start = time.perf_counter()
         m = run(cfg, out)
         wall = time.perf_counter() - start
@@ -84,8 +109,50 @@ def main() -> None:
             + ", ".join(f"{s} {t:.0f} s" for s, t in seconds.items())
             + f"), peak RSS {peak_gb:.2f} GB (the largest of the loops so far)"
         )
+        if args.baseline:
+            results[name].update(side_by_side(name, config, cfg, args.overrides, out, wall))
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "openworld.json").write_text(json.dumps(results, indent=2))
+
+
+def side_by_side(name, config, cfg, overrides, out, wall) -> dict:
+    """Run the baseline on `config`'s split; print it beside the loop's figures in `out`."""
+    from baseline import run_baseline  # benchmarks/baseline.py (this script's folder)
+
+    pool = next(
+        (getattr(o, "pool", "novel") for s, o in cfg.stage_list() if s == "discover"), "novel"
+    )
+    base, base_s = run_baseline(config, overrides, pool)
+    loop = read_json(out / "metrics.json", {})
+    loop_s = read_json(out / "state.json", {}).get("seconds", {})
+    if wall is None and loop_s:  # a previous run: its stages' seconds, no start-up
+        wall = sum(loop_s.values())
+        saved = out / "config.yaml"
+        if saved.is_file() and yaml.safe_load(saved.read_text()) != cfg.to_dict():
+            print(f"warning: {out} was run with another config than {config} {overrides}")
+    print(f"\n{name}: loop ({out}) vs baseline (benchmarks/baseline.py, 32 px, pool: {pool})")
+    print("| figure | loop | baseline | loop − baseline |\n|---|---|---|---|")
+
+    def cell(x, fmt="{:.3f}"):
+        return "–" if x is None else fmt.format(x)
+
+    for key, label in SIDE_BY_SIDE:
+        a, b = loop.get(key), base.get(key)
+        margin = None if a is None or b is None else a - b
+        print(f"| {label} | {cell(a)} | {cell(b)} | {cell(margin, '{:+.3f}')} |")
+    sizes = [m.get("discover.pool_size") for m in (loop, base)]
+    print(f"| discover pool (images) | {cell(sizes[0], '{:.0f}')} | {cell(sizes[1], '{:.0f}')} | |")
+    for stage in [*STAGES, "total"]:
+        a = wall if stage == "total" else loop_s.get(stage)
+        b = sum(base_s.values()) if stage == "total" else base_s.get(stage)
+        margin = None if a is None or b is None else a - b
+        print(f"| seconds, {stage} | {cell(a, '{:.0f}')} | {cell(b, '{:.0f}')} | "
+              f"{cell(margin, '{:+.0f}')} |")  # fmt: skip
+    print(f"(baseline total includes {base_s['load']:.0f} s loading the split into memory; "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB, "
+          "this process so far)")  # fmt: skip
+    return {"metrics": loop, "seconds": loop_s, "wall_s": wall, "baseline_pool": pool,
+            "baseline": base, "baseline_seconds": base_s}  # fmt: skip
 
 
 if __name__ == "__main__":
