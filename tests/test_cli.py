@@ -167,6 +167,7 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
             "stages.supervised.prototype_every=1",
             "--out",
             str(out),
+            "-v",  # Lightning's own messages name the process group
         ],
         capture_output=True,
         text=True,

@@ -144,6 +144,9 @@ def run(
             continue
         log.info("stage %s: starting (output in %s)", name, run_dir)
         start = time.perf_counter()
+        # every stage starts from the seed: its numbers do not depend on which stages ran
+        # before it in this process (a rerun after a kill, --restart-from)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
         result = STAGES.get(name).run(ctx, opts)
         _barrier()  # later stages on every rank read what rank 0 wrote
         if rank_zero_only.rank != 0:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
@@ -30,11 +32,13 @@ def make_trainer(
     """A Trainer writing `checkpoints/<stage>/{last,best}.ckpt` and `logs/<stage>/` (CSV + TB)."""
     ckpt = ModelCheckpoint(
         dirpath=run_dir / "checkpoints" / stage,
-        filename="best",
+        filename="best" if monitor else "last",
         monitor=monitor,
         mode="max",
-        save_top_k=1 if monitor else 0,
-        save_last=True,
+        # Lightning (>= 2.5) writes `last` only in a step that also wrote a top-k file; without
+        # a monitor the one top-k file, the latest epoch's, is `last.ckpt` itself
+        save_top_k=1,
+        save_last=monitor is not None,
         enable_version_counter=False,
     )
     ckpt.CHECKPOINT_NAME_LAST = "last"
@@ -59,7 +63,7 @@ def make_trainer(
         enable_progress_bar=bar,
         enable_model_summary=console.verbose(),
         num_sanity_val_steps=0,
-        callbacks=[ckpt, *progress],
+        callbacks=[RngState(), ckpt, *progress],
         logger=[
             CSVLogger(logs / stage, name="", version=_fresh(logs / stage, "csv")),
             TensorBoardLogger(logs / stage, name="", version="tensorboard"),
@@ -67,6 +71,29 @@ def make_trainer(
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
     )
+
+
+class RngState(Callback):
+    """The global random states (torch, CUDA, numpy, Python) in every checkpoint, put back on
+    resume, so a resumed fit draws the shuffles, augmentations and masks an uninterrupted one
+    draws. Tensors, numbers and tuples only: `weights_only` loading reads them."""
+
+    def state_dict(self) -> dict:
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        random.setstate(state["python"])
 
 
 def _fresh(folder: Path, name: str) -> str:

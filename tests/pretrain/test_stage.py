@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import uniframework.pretrain.stage  # noqa: F401  (registers the stage; PLUGINS will list it)
-from uniframework.config import load_config
+from uniframework.config import load_config, save_config
 from uniframework.errors import UserError
 from uniframework.io import load_matching, load_weights
 from uniframework.models import build_backbone
@@ -191,9 +191,12 @@ def test_nan_loss_is_a_user_error():
 def test_cut_off_pretrain_resumes_from_last_ckpt(tmp_path, caplog):
     stages = "stages=[{pretrain: {decoder_dim: 32, linear_probe_iters: 0, figures: false}}]"
     run(load_config("configs/demo.yaml", [*VIT, stages, "trainer.max_epochs=1"]), tmp_path)
-    (tmp_path / "state.json").unlink()  # as if the run was killed before the stage finished
+    # as if a 2-epoch run had been killed after its first epoch: its config, no finished stage
+    full = load_config("configs/demo.yaml", [*VIT, stages])
+    save_config(full, tmp_path / "config.yaml")
+    (tmp_path / "state.json").unlink()
     with caplog.at_level(logging.INFO):
-        metrics = run(load_config("configs/demo.yaml", [*VIT, stages]), tmp_path)
+        metrics = run(full, tmp_path)
     assert "resuming from" in caplog.text and math.isfinite(metrics["pretrain.knn_acc"])
     logs = tmp_path / "logs" / "pretrain"
     with open(logs / "csv-2" / "metrics.csv") as f:  # the resumed run's log, beside the first

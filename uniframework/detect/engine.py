@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..errors import UserError
+from ..io import AtomicCheckpointIO
 from ..openset.weibull import EnergyWeibullScorer
 from ..training import warmup_cosine
 from .datasets import DetectionSet, collate
@@ -46,8 +48,13 @@ def train_detector(
     device: torch.device,
     seed: int,
     what: str,
+    checkpoint: Path | None = None,
 ) -> None:
-    """AdamW with warm-up + cosine over `epochs` on `data` (model-space labels)."""
+    """AdamW with warm-up + cosine over `epochs` on `data` (model-space labels).
+
+    With `checkpoint`, all the loop's state (weights, optimiser, schedule, clustering, random
+    states) is written there after every epoch, and a loop that finds the file goes on after
+    its epoch — a run killed mid-task resumes where it stopped, drawing what it would have."""
     gen = torch.Generator().manual_seed(seed)
     loader = DataLoader(data, opts.batch_size, shuffle=True, collate_fn=collate, generator=gen)
     optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=opts.weight_decay)
@@ -56,8 +63,12 @@ def train_detector(
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: warmup_cosine(s, warmup, total))
     live_from = int(opts.contrastive_start * total)
     model.train().to(device)
-    step = 0
-    for epoch in range(epochs):
+    loop = dict(model=model, clustering=clustering, optimizer=optim, scheduler=sched, loader=gen)
+    start, step = 0, 0
+    if checkpoint is not None and checkpoint.is_file():
+        start, step = _load_loop(checkpoint, **loop)
+        log.info("detect %s: resuming after epoch %d from %s", what, start, checkpoint)
+    for epoch in range(start, epochs):
         sums: dict[str, float] = {}
         for images, targets, _ in loader:
             images = [im.to(device) for im in images]
@@ -82,6 +93,41 @@ def train_detector(
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
         means = ", ".join(f"{k} {v / max(1, len(loader)):.3f}" for k, v in sums.items())
         log.info("detect %s: epoch %d/%d: %s", what, epoch + 1, epochs, means)
+        if checkpoint is not None:
+            _save_loop(checkpoint, epoch + 1, step, **loop)
+
+
+def _save_loop(path: Path, epoch: int, step: int, model, clustering, optimizer, scheduler, loader):
+    """The training loop's state after `epoch` epochs (`step` steps), written atomically."""
+    state = {
+        "epoch": epoch,
+        "step": step,
+        "model": model.state_dict(),
+        "clustering": clustering.state_dict() if clustering is not None else {},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {
+            "loader": loader.get_state(),
+            "torch": torch.get_rng_state(),  # RoI sampling, the RPN's proposal sampling
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+    }
+    AtomicCheckpointIO().save_checkpoint(state, path)
+
+
+def _load_loop(path: Path, model, clustering, optimizer, scheduler, loader) -> tuple[int, int]:
+    """Put back what `_save_loop` wrote (read with `weights_only`); returns (epoch, step)."""
+    state = AtomicCheckpointIO().load_checkpoint(path)
+    model.load_state_dict(state["model"])
+    if clustering is not None:
+        clustering.load_state_dict(state["clustering"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    loader.set_state(state["rng"]["loader"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["epoch"], state["step"]
 
 
 @torch.no_grad()

@@ -66,7 +66,8 @@ class ContrastiveClustering(nn.Module):
         self.momentum, self.margin, self.every = momentum, margin, every
         self.register_buffer("prototypes", torch.zeros(num_classes, dim))
         self.register_buffer("ready", torch.zeros(num_classes, dtype=torch.bool))
-        self.steps = 0
+        # a buffer, so a resumed run keeps the prototype updates' schedule (every `every` steps)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def step(self, features: Tensor, labels: Tensor, live: bool) -> Tensor:
         self.store.update(features, labels)
@@ -75,7 +76,7 @@ class ContrastiveClustering(nn.Module):
             return features.sum() * 0.0
         means, valid = self.store.means(sync=True)
         fresh = valid & ~self.ready  # a class's first prototype is its store mean
-        if self.steps % self.every == 0 or bool(fresh.any()):
+        if int(self.steps) % self.every == 0 or bool(fresh.any()):
             new = update_prototypes(self.prototypes, means, self.momentum, valid & self.ready)
             new = torch.where(fresh[:, None], means, new)
             self.prototypes.copy_(new)

@@ -10,7 +10,9 @@ For each task t of the protocol (`tasks.py`):
    A-OSE (`metrics.py`).
 
 Writes `checkpoints/detect.safetensors` (final model + what rebuilds it), `detect/weibull.json`,
-per-task checkpoints for resume (`checkpoints/detect/task<t>.safetensors` + `detect/task<t>.json`),
+per-task checkpoints for resume (`checkpoints/detect/task<t>.safetensors` + `detect/task<t>.json`;
+mid-task, `checkpoints/detect/task<t>[_finetune]/last.ckpt` after every epoch, removed when the
+task is done: a run killed anywhere resumes where it stopped and ends as an uninterrupted one),
 `detect/detections.png` and `detect/owod_metrics.png`. Metrics: `task<t>.<metric>` per task
 (`map50_all`, `map50_prev` from task 2 on, `map50_cur`, `u_recall50`, `wi`, `a_ose`) and the
 last task's unprefixed (`map50_all` as `map50`). The loops (`engine.py`) are plain PyTorch on
@@ -21,6 +23,7 @@ not DDP-synchronised.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -158,6 +161,12 @@ def _task_files(run_dir: Path, t: int) -> tuple[Path, Path]:
     )
 
 
+def _loop_checkpoints(run_dir: Path, t: int) -> tuple[Path, Path]:
+    """Task t's per-epoch checkpoints: its training, its exemplar fine-tune."""
+    folder = run_dir / "checkpoints" / "detect"
+    return folder / f"task{t + 1}" / "last.ckpt", folder / f"task{t + 1}_finetune" / "last.ckpt"
+
+
 @STAGES.register("detect")
 class DetectStage:
     """Open-world detection: ORE (or a plain Faster R-CNN) over the task protocol."""
@@ -228,6 +237,8 @@ class DetectStage:
                     record,
                     {"metrics": result, "weibull": scorer.state_dict() if scorer else None},
                 )
+                for loop in _loop_checkpoints(run_dir, t):  # the task record supersedes them
+                    shutil.rmtree(loop.parent, ignore_errors=True)
             log.info(
                 "detect: task %d (%s): %s", t + 1, [train_all.classes[c] for c in classes], result
             )
@@ -262,9 +273,9 @@ def _scorer(state: dict | None) -> EnergyWeibullScorer | None:
 def _load_state(model, clustering, state: dict) -> None:
     model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
     if clustering is not None:
-        clustering.load_state_dict(
-            {k[11:]: v for k, v in state.items() if k.startswith("clustering.")}
-        )
+        saved = {k[11:]: v for k, v in state.items() if k.startswith("clustering.")}
+        saved.setdefault("steps", clustering.steps)  # task files from before it was kept
+        clustering.load_state_dict(saved)
         clustering.ready |= clustering.store.count > 0
 
 
@@ -284,10 +295,14 @@ def _run_task(
 ):
     """Train, fine-tune, calibrate and evaluate task t; returns (scorer, metrics)."""
     seed = ctx.cfg.seed + t
+    # the task's random draws (RoI sampling) start from its own seed: a rerun that loads the
+    # earlier tasks from their files, without drawing their numbers, trains this one the same
+    torch.manual_seed(seed)
     order, seen = protocol.order, protocol.seen(t)
+    loop, finetune_loop = _loop_checkpoints(Path(ctx.run_dir), t)
     task_data = to_model_space(train.subset(chunks[t]).with_labels(protocol.tasks[t]), order)
     train_detector(
-        model, clustering, task_data, epochs, opts.lr, opts, device, seed, f"task {t + 1}"
+        model, clustering, task_data, epochs, opts.lr, opts, device, seed, f"task {t + 1}", loop
     )
     if t > 0 and opts.exemplar_finetune:
         seen_idx = sorted(int(i) for c in chunks[: t + 1] for i in c)
@@ -299,6 +314,7 @@ def _run_task(
         train_detector(
             model, clustering, pool.subset(chosen), opts.finetune_epochs,
             opts.finetune_lr or opts.lr, opts, device, seed, f"task {t + 1} fine-tune",
+            finetune_loop,
         )  # fmt: skip
     scorer = None
     if opts.method == "ore":

@@ -9,7 +9,8 @@ model is scored on the test images of every class seen so far (the accuracy matr
 
 Writes, per learner, `checkpoints/incremental/<learner>/task<t>.{safetensors,json}` (a cut-off
 run resumes at the first task without its json; a task cut off mid-training resumes from its
-`task<t>/last.ckpt`); for the main learner `checkpoints/incremental.safetensors` (for
+`task<t>/last.ckpt`; each task draws from its own seed, so a resumed run ends as an uninterrupted
+one); for the main learner `checkpoints/incremental.safetensors` (for
 `predict`), `checkpoints/incremental_nme.safetensors` (class means, memory learners),
 `incremental/memory.json`, `incremental/results.json`, `incremental/accuracy.png`,
 `incremental/matrix.png`.
@@ -24,6 +25,7 @@ import copy
 import logging
 from typing import Literal
 
+import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -178,6 +180,9 @@ def run_learner(ctx, opts, plan: TaskPlan, learner: Learner, base: Classifier) -
     memory = ExemplarMemory(opts.memory, opts.memory_per_class) if learner.keeps_memory else None
     rows, nme_rows, last = [], [], {}
     for t, classes in enumerate(plan.tasks):
+        # the task's random draws (new head rows, shuffles, augmentation) start from its own
+        # seed: a rerun that loads the earlier tasks from their files trains this one the same
+        L.seed_everything(ctx.cfg.seed + t, workers=True, verbose=False)
         if t > 0:
             grow_head(model, len(classes))
         done = read_json(folder / f"task{t}.json")

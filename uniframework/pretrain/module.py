@@ -230,6 +230,16 @@ class PretrainModule(L.LightningModule):
     def __init__(self, model: nn.Module, method: Method) -> None:
         super().__init__()
         self.model, self.method, self.recipe = model, method, method.recipe
+        self.restored_means: dict[str, float] = {}  # the epoch means a checkpoint carried
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # this epoch's means (`train_loss`, the monitors): a rerun that finds the last epoch
+        # already trained (a run killed after its last checkpoint) still reports them
+        metrics = self.trainer.callback_metrics
+        checkpoint["epoch_means"] = {k: float(v) for k, v in metrics.items() if v.numel() == 1}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.restored_means = checkpoint.get("epoch_means", {})
 
     def _progress(self) -> float:
         return self.global_step / max(1, int(self.trainer.estimated_stepping_batches))

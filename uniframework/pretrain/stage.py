@@ -190,7 +190,8 @@ class PretrainStage:
             recipe,
             ctx.run_dir,
         )
-        fit(trainer, PretrainModule(model, method), data.loader(view, train=True), None)
+        module = PretrainModule(model, method)
+        fit(trainer, module, data.loader(view, train=True), None)
         if trainer.is_global_zero:
             load_matching(backbone, method.encoder_state(model), "pretrained encoder")
             path = ctx.save_model("pretrain", backbone, method=opts.method, recipe=asdict(recipe))
@@ -198,7 +199,8 @@ class PretrainStage:
         trainer.strategy.barrier("pretrain-export")  # later stages on every rank read the file
         if not trainer.is_global_zero:
             return {}
-        last = trainer.callback_metrics  # the last epoch's means
+        # the last epoch's means: this fit's, or its checkpoint's when no epoch was left to train
+        last = {**module.restored_means, **trainer.callback_metrics}
         metrics = {
             key: float(last[name]) if name in last else float("nan")
             for key, name in [("final_loss", "train_loss")] + [(m, m) for m in method.monitors]
