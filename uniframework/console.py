@@ -47,6 +47,7 @@ def setup(verbosity: int = 0) -> None:
     for category in (DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category, module=DEPENDENCIES)
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 
 
 def verbose() -> bool:

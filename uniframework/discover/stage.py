@@ -182,7 +182,8 @@ class DiscoverStage:
         every = pool_all["logits"][:, :k].argmax(1).numpy()
         every[keep.numpy()] = pool_pred
         gcd = gcd_accuracy(truth.numpy(), every, k)
-        metrics.update({f"gcd_{part}_acc": v for part, v in gcd.items()})
+        # (a part with no images, e.g. old classes in a pool of novel ones, is left out)
+        metrics.update({f"gcd_{part}_acc": v for part, v in gcd.items() if v == v})
         new = pool_pred >= k  # the images given to a new class
         pool = {key: v[torch.from_numpy(new)] for key, v in pool.items()}
         pool_truth, pool_pred = pool_truth[torch.from_numpy(new)], pool_pred[new] - k
