@@ -30,6 +30,15 @@ def assign(model: KMeans, features: torch.Tensor) -> np.ndarray:
     return model.predict(normalise(features))
 
 
+def _labelled_and_pool(labelled, labels, pool, max_points: int, seed: int):
+    """A random subsample of at most `max_points` features, labelled first (up to half), then
+    pool: (features [M, D], the labelled part's labels [L])."""
+    rng = np.random.default_rng(seed)
+    keep_l = rng.permutation(len(labelled))[: max_points // 2]
+    keep_p = rng.permutation(len(pool))[: max_points - len(keep_l)]
+    return torch.cat([labelled[keep_l], pool[keep_p]]), labels[keep_l].numpy()
+
+
 def estimate_num_novel(
     labelled: torch.Tensor,
     labels: torch.Tensor,
@@ -46,16 +55,12 @@ def estimate_num_novel(
     the silhouette of the clustering (cosine), which falls when classes are merged, i.e. when n
     is too small. n = argmax of their sum. Returns n and every candidate's score.
     """
-    rng = np.random.default_rng(seed)
     num_known = int(labels.max()) + 1
-    keep_l = rng.permutation(len(labelled))[: max_points // 2]
-    keep_p = rng.permutation(len(pool))[: max_points - len(keep_l)]
-    x = torch.cat([labelled[keep_l], pool[keep_p]])
-    y = labels[keep_l].numpy()
+    x, y = _labelled_and_pool(labelled, labels, pool, max_points, seed)
     scores = {}
     for n in candidates:
         pred = kmeans(x, num_known + n, seed, n_init=3).labels_
-        acc = cluster_acc(y, pred[: len(keep_l)])
+        acc = cluster_acc(y, pred[: len(y)])
         sil = float(silhouette_score(normalise(x), pred, metric="cosine"))
         scores[n] = acc + sil
     return max(scores, key=scores.get), scores
@@ -142,19 +147,15 @@ def estimate_num_classes(
     `grid_up_to` candidates every K is tried; beyond, Brent's bounded search (scipy) as in GCD.
     Returns the number of novel classes (K - num_known) and each tried count's score.
     """
-    rng = np.random.default_rng(seed)
     num_known = int(labels.max()) + 1
-    keep_l = rng.permutation(len(labelled))[: max_points // 2]
-    keep_p = rng.permutation(len(pool))[: max_points - len(keep_l)]
-    x = torch.cat([labelled[keep_l], pool[keep_p]])
-    y = labels[keep_l].numpy()
+    x, y = _labelled_and_pool(labelled, labels, pool, max_points, seed)
     scores: dict[int, float] = {}
 
     def neg_acc(k: float) -> float:
         k = int(round(k))
         if k not in scores:
             pred = kmeans(x, k, seed, n_init=3).labels_
-            scores[k] = cluster_acc(y, pred[: len(keep_l)])
+            scores[k] = cluster_acc(y, pred[: len(y)])
         return -scores[k]
 
     lo, hi = num_known + 1, num_known + max_novel
