@@ -99,5 +99,6 @@ def build_backbone(cfg: ModelConfig, image_size: int) -> nn.Module:
     )
 
 
-# EfficientNet V1/V2 register themselves from their own file (efficientnet_b0..b7, v2_s/m/l, phi)
-from . import efficientnet  # noqa: E402, F401
+# Registered from their own files: EfficientNet V1/V2 (efficientnet_b0..b7, v2_s/m/l, phi) and
+# the small fast CNNs for 32 px images (resnet9, resnet9_half, airbench)
+from . import cifar_nets, efficientnet  # noqa: E402, F401

@@ -20,7 +20,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..config import Section
@@ -65,6 +65,15 @@ class SupervisedOptions(Section):
     energy_weight: float = Field(0.1, ge=0)
     # EfficientNetV2 progressive learning (progressive.py): `true` or a mapping; off by default
     progressive: ProgressiveOptions | None = None
+    # lr after the warm-up: cosine to 0, or linear to 0 (Page's / OneCycle's triangle)
+    schedule: Literal["cosine", "linear"] = "cosine"
+    batch_size: int | None = Field(None, ge=1)  # training batches; None = data.batch_size
+    # the batched data path (data/augment.py): images resized once and kept as uint8, each batch
+    # normalised and augmented as one tensor (flip, translate, cutout) instead of per image
+    batch_augment: bool = False
+    translate: int | None = Field(None, ge=0)  # batch_augment: max shift px; None = size // 8
+    cutout: int = Field(0, ge=0)  # batch_augment: side of the zeroed square, px (0 = none)
+    channels_last: bool = False  # NHWC memory format while training (faster CNNs on CPUs)
 
     @property
     def uses_pool(self) -> bool:
@@ -82,6 +91,19 @@ class SupervisedOptions(Section):
     @classmethod
     def _progressive_on_off(cls, v):
         return parse_progressive(v)
+
+    @model_validator(mode="after")
+    def _batched_options(self):
+        if not self.batch_augment and (self.cutout or self.translate is not None):
+            raise ValueError(
+                "cutout and translate belong to the batched data path: set batch_augment: true"
+            )
+        if self.batch_augment and self.progressive is not None:
+            raise ValueError(
+                "progressive learning swaps per-image transforms; it does not combine with "
+                "batch_augment: drop one of them"
+            )
+        return self
 
 
 def least_known(
@@ -131,6 +153,8 @@ class SupervisedModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         o = self.opts
         x, y, _ = batch["labelled"] if isinstance(batch, dict) else batch
+        if o.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.mixup_alpha > 0:  # y keeps the larger share λ >= 0.5
             x, y_mix, lam = mixup(x, y, self.mixup_alpha)
         features = self.model.forward_features(x)
@@ -146,6 +170,8 @@ class SupervisedModule(L.LightningModule):
                 loss = loss + o.contrastive_weight * cc
         if o.uses_pool and isinstance(batch, dict):
             xu = batch["pool"][0]
+            if o.channels_last:
+                xu = xu.contiguous(memory_format=torch.channels_last)
             fu = self.model.forward_features(xu)
             lu = self.model.forward_head(fu)
             ready = getattr(self, "prototypes_ready", False)
@@ -227,5 +253,13 @@ class SupervisedModule(L.LightningModule):
                 group["lr"] = group["initial_lr"] = o.lr * group.pop("lr_scale")
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(o.warmup_epochs * total / max(1, self.trainer.max_epochs))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
+        decay = warmup_cosine if o.schedule == "cosine" else warmup_linear
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: decay(s, warmup, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def warmup_linear(step: int, warmup: int, total: int) -> float:
+    """LR multiplier: linear warm-up for `warmup` steps, then linear decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, 1.0 - (step - warmup) / max(1, total - warmup))

@@ -36,26 +36,34 @@ class SupervisedStage:
             model_cfg = model_cfg.model_copy(update={"weights": str(pretrained)})
             log.info("supervised: backbone starts from %s", pretrained)
         model = build_classifier(model_cfg, cfg.data.image_size, k + opts.unknown_class)
+        if opts.channels_last:  # weights NHWC: conv outputs follow (back to NCHW after fit)
+            model = model.to(memory_format=torch.channels_last)
         module = SupervisedModule(model, opts, k)
         has_val = len(data.split.val) > 0
         trainer = make_trainer(
             cfg.trainer, ctx.run_dir, "supervised", opts.max_epochs, "val_acc" if has_val else None
         )
-        labelled = data.view("labelled", train=True)
+        batched = dict(batched=True, translate=opts.translate, cutout=opts.cutout)
+        views = batched if opts.batch_augment else {}  # the batched data path, or per image
+        labelled = data.view("labelled", train=True, **views)
         train_views = [labelled]
-        train = data.loader(labelled, train=True)
+        train = data.loader(labelled, train=True, batch_size=opts.batch_size)
         if opts.uses_pool:  # a pool batch beside every labelled batch (labels hidden)
-            pool = data.view("unlabelled", train=True, hide_labels=True)
+            pool = data.view("unlabelled", train=True, hide_labels=True, **views)
             if len(pool) == 0:
                 raise UserError(
                     "stages.supervised.unknown_class / energy_margins need an unlabelled pool: set "
                     "data.num_known below the class count or data.labelled_fraction below 1"
                 )
             train_views.append(pool)
-            train = {"labelled": train, "pool": data.loader(pool, train=True)}
+            train = {
+                "labelled": train,
+                "pool": data.loader(pool, train=True, batch_size=opts.batch_size),
+            }
         if opts.progressive is not None:  # image size + regularisation rise by stage
             trainer.callbacks.append(progressive_callback(opts, cfg.data, train_views))
-        val = data.loader(data.view("val")) if has_val else None
+        evals = {"batched": True} if opts.batch_augment else {}  # same images, read faster
+        val = data.loader(data.view("val", **evals)) if has_val else None
         log.info(
             "supervised: %s on %d labelled images of %d known classes -> %s",
             cfg.model.backbone,
@@ -69,6 +77,7 @@ class SupervisedStage:
         best = best_state(trainer)
         if best is not None:
             module.load_state_dict(best)
+        model = model.to(memory_format=torch.contiguous_format)
         ctx.save_model("supervised", model, num_known=k)
         if hasattr(module, "prototypes"):
             save_weights(
@@ -76,7 +85,7 @@ class SupervisedStage:
                 {"prototypes": module.prototypes},
                 {"num_known": k},
             )
-        test = extract(model, data.loader(data.view("test_known")))
+        test = extract(model, data.loader(data.view("test_known", **evals)))
         metrics = {
             "known_acc": accuracy(test["logits"][:, :k], test["labels"]),
             "epochs": trainer.current_epoch,

@@ -1,0 +1,121 @@
+"""Batched augmentation (data/augment.py) and the batched view (views.BatchView)."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from uniframework.config import DataConfig
+from uniframework.data import OpenWorldData
+from uniframework.data.augment import BatchAugment, batch_cutout, batch_flip, batch_translate
+from uniframework.data.views import BatchView
+
+
+def _batch(n=16, size=12):
+    return torch.arange(n * 3 * size * size, dtype=torch.float32).view(n, 3, size, size)
+
+
+def test_flip_mirrors_about_half_of_the_images():
+    x = _batch(200)
+    out = batch_flip(x, generator=torch.Generator().manual_seed(0))
+    flipped = [torch.equal(o, i.flip(2)) for o, i in zip(out, x)]
+    kept = [torch.equal(o, i) for o, i in zip(out, x)]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 70 < sum(flipped) < 130
+
+
+def test_translate_is_a_crop_of_the_reflect_padded_image():
+    x, pad = _batch(32), 3
+    out = batch_translate(x, pad, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    padded = F.pad(x, (pad,) * 4, mode="reflect")
+    offsets = set()
+    for o, p in zip(out, padded):  # each output is one of the (2 pad + 1)^2 crops
+        hits = [
+            (dy, dx)
+            for dy in range(2 * pad + 1)
+            for dx in range(2 * pad + 1)
+            if torch.equal(o, p[:, dy : dy + 12, dx : dx + 12])
+        ]
+        assert hits
+        offsets.add(hits[0])
+    assert len(offsets) > 10  # really random per image
+    assert torch.equal(batch_translate(x, 0), x)
+    with pytest.raises(ValueError, match="smaller than the image"):
+        batch_translate(x, 12)
+
+
+def test_cutout_zeroes_one_square_per_image():
+    x = torch.ones(64, 3, 16, 16)
+    out = batch_cutout(x, 6, torch.Generator().manual_seed(0))
+    zeros = (out == 0).all(1)  # [N, H, W]: every channel zeroed together
+    assert ((out == 0) | (out == 1)).all() and (zeros.sum((1, 2)) <= 36).all()
+    assert (zeros.sum((1, 2)) == 36).sum() > 10  # fully inside for many images
+    for z in zeros:  # the hole is one axis-aligned rectangle
+        rows, cols = z.any(1).nonzero(), z.any(0).nonzero()
+        if len(rows):
+            assert z.sum() == len(rows) * len(cols)
+    assert torch.equal(batch_cutout(x, 0), x)
+
+
+def test_batch_augment_keeps_shape_and_changes_images():
+    x = _batch(8)
+    aug = BatchAugment(pad=2, flip=True, cutout=4)
+    out = aug(x, generator=torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert not torch.equal(out, x)
+
+
+def _data(**kw):
+    cfg = DataConfig(num_known=5, image_size=16, max_per_class=20, batch_size=8, **kw)
+    return OpenWorldData.build(cfg, seed=0)
+
+
+def test_batch_view_matches_the_per_image_test_transform():
+    data = _data()
+    per_image, batched = data.view("test_known"), data.view("test_known", batched=True)
+    assert isinstance(batched, BatchView) and batched.cache.dtype == torch.uint8
+    x, y, idx = batched.__getitems__([0, 3, 5])
+    want = torch.stack([per_image[i][0] for i in (0, 3, 5)])
+    torch.testing.assert_close(x, want, rtol=0, atol=1e-6)
+    assert y.tolist() == per_image.labels[[0, 3, 5]].tolist()
+    assert idx.tolist() == per_image.indices[[0, 3, 5]].tolist()
+
+
+def test_batched_train_loader_keeps_labels_and_indices():
+    data = _data()
+    view = data.view("labelled", train=True, batched=True, cutout=4)
+    assert view.augment.pad == 2 and view.augment.cutout == 4
+    assert view.augment.flip is False  # digits: no flips
+    seen = []
+    for x, y, idx in data.loader(view, train=True):
+        assert x.shape == (8, 3, 16, 16) and x.dtype == torch.float32
+        # the label belongs to the image the index names
+        truth = data.split.remap(data.train.targets[idx.numpy()])
+        assert y.tolist() == truth.tolist()
+        seen += idx.tolist()
+    assert len(seen) == len(set(seen)) and set(seen) <= set(data.split.labelled.tolist())
+    clean = data.view("labelled", batched=True).__getitems__(list(range(8)))[0]
+    augmented = view.__getitems__(list(range(8)))[0]
+    assert not torch.equal(clean, augmented)  # augmentation really changes the images
+
+
+def test_batched_view_hides_labels_and_reads_files_lazily(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for c in ("a", "b", "c"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(tmp_path / split / c / f"{i}.png")
+    common = dict(dataset="imagefolder", root=str(tmp_path), image_size=16, num_known=2)
+    lazy = OpenWorldData.build(DataConfig(in_memory=False, **common), seed=0)
+    eager = OpenWorldData.build(DataConfig(in_memory=True, **common), seed=0)
+    a, b = lazy.view("test", batched=True), eager.view("test", batched=True)
+    assert a.cache is None and b.cache is not None and b.cache.shape[-1] == 16
+    positions = list(range(len(a)))
+    torch.testing.assert_close(a.__getitems__(positions)[0], b.__getitems__(positions)[0])
+    pool = eager.view("unlabelled", train=True, hide_labels=True, batched=True)
+    assert set(pool.__getitems__(list(range(len(pool))))[1].tolist()) == {-1}
