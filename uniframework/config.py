@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError, did_you_mean
 
@@ -42,8 +42,21 @@ class DataConfig(Section):
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
     augment: bool = True  # random crop (pad 1/8) + flip where the dataset allows it
+    # the batched data path (data/augment.py): every view's images resized once and kept as
+    # uint8, each batch normalised and augmented as one tensor instead of image by image
+    batched: bool = False
+    translate: int | None = Field(None, ge=0)  # batched: max shift, px; None = image_size // 8
+    cutout: int = Field(0, ge=0)  # batched: side of the zeroed square, px (0 = none)
     in_memory: bool = True  # imagefolder: keep decoded images in memory after the scan
     on_corrupt: Literal["skip", "error"] = "skip"
+
+    @model_validator(mode="after")
+    def _batched_options(self):
+        if not self.batched and (self.cutout or self.translate is not None):
+            raise ValueError(
+                "cutout and translate belong to the batched data path: set data.batched: true"
+            )
+        return self
 
 
 class ModelConfig(Section):

@@ -71,9 +71,15 @@ def _data(**kw):
     return OpenWorldData.build(cfg, seed=0)
 
 
+def _batched(data, **kw):
+    """The same split and images read through the batched path (`data.batched`)."""
+    cfg = data.cfg.model_copy(update={"batched": True, **kw})
+    return OpenWorldData(cfg, data.train, data.test, data.split)
+
+
 def test_batch_view_matches_the_per_image_test_transform():
     data = _data()
-    per_image, batched = data.view("test_known"), data.view("test_known", batched=True)
+    per_image, batched = data.view("test_known"), _batched(data).view("test_known")
     assert isinstance(batched, BatchView) and batched.cache.dtype == torch.uint8
     x, y, idx = batched.__getitems__([0, 3, 5])
     want = torch.stack([per_image[i][0] for i in (0, 3, 5)])
@@ -83,8 +89,8 @@ def test_batch_view_matches_the_per_image_test_transform():
 
 
 def test_batched_train_loader_keeps_labels_and_indices():
-    data = _data()
-    view = data.view("labelled", train=True, batched=True, cutout=4)
+    data = _batched(_data(), cutout=4)
+    view = data.view("labelled", train=True)
     assert view.augment.pad == 2 and view.augment.cutout == 4
     assert view.augment.flip is False  # digits: no flips
     seen = []
@@ -95,7 +101,7 @@ def test_batched_train_loader_keeps_labels_and_indices():
         assert y.tolist() == truth.tolist()
         seen += idx.tolist()
     assert len(seen) == len(set(seen)) and set(seen) <= set(data.split.labelled.tolist())
-    clean = data.view("labelled", batched=True).__getitems__(list(range(8)))[0]
+    clean = data.view("labelled").__getitems__(list(range(8)))[0]
     augmented = view.__getitems__(list(range(8)))[0]
     assert not torch.equal(clean, augmented)  # augmentation really changes the images
 
@@ -111,11 +117,30 @@ def test_batched_view_hides_labels_and_reads_files_lazily(tmp_path):
                 arr = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
                 Image.fromarray(arr).save(tmp_path / split / c / f"{i}.png")
     common = dict(dataset="imagefolder", root=str(tmp_path), image_size=16, num_known=2)
-    lazy = OpenWorldData.build(DataConfig(in_memory=False, **common), seed=0)
-    eager = OpenWorldData.build(DataConfig(in_memory=True, **common), seed=0)
-    a, b = lazy.view("test", batched=True), eager.view("test", batched=True)
+    lazy = OpenWorldData.build(DataConfig(in_memory=False, batched=True, **common), seed=0)
+    eager = OpenWorldData.build(DataConfig(in_memory=True, batched=True, **common), seed=0)
+    a, b = lazy.view("test"), eager.view("test")
     assert a.cache is None and b.cache is not None and b.cache.shape[-1] == 16
     positions = list(range(len(a)))
     torch.testing.assert_close(a.__getitems__(positions)[0], b.__getitems__(positions)[0])
-    pool = eager.view("unlabelled", train=True, hide_labels=True, batched=True)
+    pool = eager.view("unlabelled", train=True, hide_labels=True)
     assert set(pool.__getitems__(list(range(len(pool))))[1].tolist()) == {-1}
+
+
+def test_subset_views_follow_their_indices_and_give_two_views():
+    """Discover's and incremental's views (`subset_view`) are batched too; the cache follows a
+    replaced index array; `two_views` draws two different augmentations of the same images."""
+    from uniframework.discover.uno import BatchTwoViews, two_views
+
+    data = _batched(_data())
+    idx = data.split.labelled[:10]
+    view = data.subset_view(idx, np.arange(10) % 5, train=True)
+    assert isinstance(view, BatchView) and len(view.cache) == 10
+    view.indices = idx[:4]
+    assert len(view.cache) == 4
+    pair = two_views(view)
+    assert isinstance(pair, BatchTwoViews)
+    x1, x2, y, index = next(iter(data.loader(pair, train=False, batch_size=4)))
+    assert x1.shape == x2.shape == (4, 3, 16, 16) and not torch.equal(x1, x2)
+    assert y.tolist() == [0, 1, 2, 3] and index.tolist() == idx[:4].tolist()
+    assert not isinstance(two_views(_data().subset_view(idx, np.zeros(10))), BatchTwoViews)

@@ -22,12 +22,8 @@ def test_linear_schedule_warms_up_then_falls_to_zero():
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["stages.supervised.cutout=8"], "set batch_augment: true"),
-        (["stages.supervised.translate=2"], "set batch_augment: true"),
-        (
-            ["stages.supervised.batch_augment=true", "stages.supervised.progressive=true"],
-            "does not combine",
-        ),
+        (["data.cutout=8"], "set data.batched: true"),
+        (["data.translate=2"], "set data.batched: true"),
         (["stages.supervised.schedule=step"], "schedule"),
         (["stages.supervised.batch_size=0"], "batch_size"),
     ],
@@ -38,18 +34,22 @@ def test_bad_combinations_stop_with_the_key(extra, message):
 
 
 def test_defaults_keep_the_per_image_path():
-    opts = load_config("configs/digits.yaml").stage_list()[0][1]
-    assert (opts.batch_augment, opts.cutout, opts.translate, opts.schedule) == (
-        False,
-        0,
-        None,
-        "cosine",
+    cfg = load_config("configs/digits.yaml")
+    assert (cfg.data.batched, cfg.data.cutout, cfg.data.translate) == (False, 0, None)
+    opts = cfg.stage_list()[0][1]
+    assert opts.schedule == "cosine" and opts.batch_size is None and opts.channels_last is False
+
+
+def test_progressive_learning_refuses_the_batched_path(tmp_path):
+    cfg = load_config(
+        "configs/digits.yaml", [*TINY, "data.batched=true", "stages.supervised.progressive=true"]
     )
-    assert opts.batch_size is None and opts.channels_last is False
+    with pytest.raises(UserError, match="does not combine with data.batched"):
+        run(cfg, tmp_path)
 
 
 def test_batched_recipe_runs_with_the_pool(tmp_path, monkeypatch):
-    """batch_augment + cutout + linear schedule + its own batch size + channels_last, with energy
+    """data.batched + cutout + linear schedule + its own batch size + channels_last, with energy
     margins (a pool loader beside the labelled one): both train loaders read BatchViews of that
     batch size, and the saved classifier reloads and gives the reported accuracy."""
     from uniframework.supervised import stage as stage_module
@@ -70,9 +70,9 @@ def test_batched_recipe_runs_with_the_pool(tmp_path, monkeypatch):
             "model.backbone=resnet9_half",
             "stages.supervised.optimizer=sgd",
             "stages.supervised.lr=0.05",
-            "stages.supervised.batch_augment=true",
-            "stages.supervised.cutout=4",
-            "stages.supervised.translate=2",
+            "data.batched=true",
+            "data.cutout=4",
+            "data.translate=2",
             "stages.supervised.schedule=linear",
             "stages.supervised.batch_size=16",
             "stages.supervised.channels_last=true",
@@ -92,3 +92,32 @@ def test_batched_recipe_runs_with_the_pool(tmp_path, monkeypatch):
     test = extract(model, ctx.data.loader(ctx.data.view("test_known")))
     acc = (test["logits"][:, :5].argmax(1) == test["labels"]).float().mean().item()
     assert acc == pytest.approx(metrics["supervised.known_acc"], abs=1e-6)
+
+
+def test_the_whole_loop_runs_on_the_batched_path(tmp_path, monkeypatch):
+    """data.batched reaches every stage: discover trains on batched two-view pairs, incremental
+    on batched subsets, and the loop ends with its usual metrics."""
+    from uniframework.discover import stage as discover_stage
+    from uniframework.incremental import stage as incremental_stage
+
+    seen = []
+    for module in (discover_stage, incremental_stage):
+        real = module.fit
+
+        def spy(trainer, mod, train, val, real=real):
+            loaders = train.values() if isinstance(train, dict) else [train]
+            seen.extend(type(dl.dataset).__name__ for dl in loaders)
+            return real(trainer, mod, train, val)
+
+        monkeypatch.setattr(module, "fit", spy)
+    cfg = load_config(
+        "configs/demo.yaml",
+        [*TINY, "data.batched=true", "stages.discover.max_epochs=1", "stages.incremental.epochs=1"],
+    )
+    metrics = run(cfg, tmp_path)
+    assert {"BatchTwoViews", "BatchView"} <= set(seen) and set(seen) <= {
+        "BatchTwoViews",
+        "BatchView",
+    }
+    for key in ("discover.novel_acc", "incremental.all_acc", "openset.auroc"):
+        assert 0.0 <= metrics[key] <= 1.0

@@ -67,10 +67,20 @@ class BatchView(View):
         self.mean = torch.tensor(base.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(base.std, dtype=torch.float32).view(1, 3, 1, 1)
         self._resize = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
-        in_memory = torch.is_tensor(base.images) or not any(
-            isinstance(base.images[int(j)], Path) for j in self.indices
-        )
-        self.cache = self._stack(self.indices) if in_memory else None
+        self._cache: torch.Tensor | None = None
+        self._cached_for = None  # the `indices` array the cache was built from
+
+    @property
+    def cache(self) -> torch.Tensor | None:
+        """uint8 [N, 3, S, S] of the view's images when the dataset holds them in memory (built
+        on first use, rebuilt if `indices` is replaced); None = decode files per batch."""
+        if self._cached_for is not self.indices:
+            in_memory = torch.is_tensor(self.base.images) or not any(
+                isinstance(self.base.images[int(j)], Path) for j in self.indices
+            )
+            self._cache = self._stack(self.indices) if in_memory else None
+            self._cached_for = self.indices
+        return self._cache
 
     def _image(self, j: int) -> torch.Tensor:
         img = self.base.load(j)
@@ -83,7 +93,8 @@ class BatchView(View):
 
     def __getitems__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pos = torch.as_tensor(positions, dtype=torch.int64)
-        raw = self.cache[pos] if self.cache is not None else self._stack(self.indices[pos])
+        cache = self.cache
+        raw = cache[pos] if cache is not None else self._stack(self.indices[pos])
         x = (raw.float().div_(255.0) - self.mean) / self.std
         if self.augment is not None:
             x = self.augment(x)
@@ -124,20 +135,8 @@ class OpenWorldData:
     def class_names(self) -> list[str]:
         return [self.train.classes[c] for c in self.split.class_order]
 
-    def view(
-        self,
-        part: str,
-        train: bool = False,
-        hide_labels: bool = False,
-        batched: bool = False,
-        translate: int | None = None,
-        cutout: int = 0,
-    ) -> View:
-        """`part` in labelled | val | unlabelled | test | test_known | test_novel.
-
-        `batched`: a `BatchView` (read a batch at a time); a train view then augments whole
-        batches — flip where allowed, translation by up to `translate` px (None = the
-        per-image path's pad, image_size // 8) and `cutout` (0 = none) — when `data.augment`."""
+    def view(self, part: str, train: bool = False, hide_labels: bool = False) -> View:
+        """`part` in labelled | val | unlabelled | test | test_known | test_novel."""
         base = self.test if part.startswith("test") else self.train
         idx = getattr(self.split, "test" if part.startswith("test") else part)
         labels = self.split.remap(base.targets[idx])
@@ -150,15 +149,24 @@ class OpenWorldData:
             idx, labels = idx[keep], labels[keep]
         if hide_labels:
             labels = np.full_like(labels, UNKNOWN)
-        size = self.cfg.image_size
-        tf = make_transform(base, size, train, self.cfg.augment)
-        if not batched:
-            return View(base, idx, labels, tf)
+        return self.subset_view(idx, labels, train, base)
+
+    def subset_view(self, index, labels, train: bool = False, base: ImageSet | None = None) -> View:
+        """A view of any images of `base` (default: the train set) with the given labels.
+
+        With `data.batched` it is a `BatchView` (read a batch at a time); a train view then
+        augments whole batches — flip where allowed, translation by up to `data.translate` px
+        (None = the per-image path's pad, image_size // 8) and `data.cutout` — when
+        `data.augment`."""
+        base, cfg = base or self.train, self.cfg
+        tf = make_transform(base, cfg.image_size, train, cfg.augment)
+        if not cfg.batched:
+            return View(base, index, labels, tf)
         augment = None
-        if train and self.cfg.augment:
-            pad = max(1, size // 8) if translate is None else translate
-            augment = BatchAugment(pad, flip=base.hflip, cutout=cutout)
-        return BatchView(base, idx, labels, tf, size, augment)
+        if train and cfg.augment:
+            pad = max(1, cfg.image_size // 8) if cfg.translate is None else cfg.translate
+            augment = BatchAugment(pad, flip=base.hflip, cutout=cfg.cutout)
+        return BatchView(base, index, labels, tf, cfg.image_size, augment)
 
     def loader(self, view: View, train: bool = False, batch_size: int | None = None) -> DataLoader:
         """A DataLoader; Lightning swaps in a DistributedSampler under DDP."""
@@ -170,5 +178,5 @@ class OpenWorldData:
             drop_last=train and len(view) > (batch_size or self.cfg.batch_size),
             num_workers=workers,
             persistent_workers=workers > 0,
-            collate_fn=whole_batch if isinstance(view, BatchView) else None,
+            collate_fn=whole_batch if hasattr(view, "__getitems__") else None,
         )

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..config import Section
-from ..data.splits import pool_makeup
+from ..data.splits import UNKNOWN, pool_makeup
 from ..errors import UserError
 from ..io import write_json
 from ..models import Classifier, grow_head, shrink_head
@@ -267,24 +267,22 @@ def novel_head(model: Classifier, k: int, n: int, centroids: torch.Tensor) -> Cl
 def _pool_view(data, index, train: bool = False):
     """View of the chosen pool images (dataset indices, in this order), labels hidden;
     `train` adds the training augmentation."""
-    view = data.view("unlabelled", train=train, hide_labels=True)
-    view.indices = np.asarray(index, np.int64)
-    view.labels = np.full(len(view.indices), -1)
-    return view
+    index = np.asarray(index, np.int64)
+    return data.subset_view(index, np.full(len(index), UNKNOWN), train)
 
 
 def _train(ctx, opts, model: Classifier, k: int, pool_index):
     """Train OpenMix or the Sinkhorn head on Lightning; None on ranks other than 0."""
     from .gcd import GCDModule
     from .openmix import OpenMixModule
-    from .uno import TwoViews, UNOModule
+    from .uno import UNOModule, two_views
 
     data, cfg = ctx.data, ctx.cfg
     pool_train = _pool_view(data, pool_index, train=True)
     labelled = data.view("labelled", train=True)
     learner = {"openmix": OpenMixModule, "gcd": GCDModule}.get(opts.method, UNOModule)
     module = learner(model, opts, k)
-    labelled, pool_train = TwoViews(labelled), TwoViews(pool_train)
+    labelled, pool_train = two_views(labelled), two_views(pool_train)
     train = {
         "labelled": data.loader(labelled, train=True),
         "pool": data.loader(pool_train, train=True),

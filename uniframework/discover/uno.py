@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..data.views import BatchView
 from .module import DiscoverModule, soft_cross_entropy
 from .sinkhorn import sinkhorn_knopp
 
@@ -29,6 +30,21 @@ class TwoViews(torch.utils.data.Dataset):
         j = int(self.view.indices[i])
         image = self.view.base.load(j)
         return self.view.transform(image), self.view.transform(image), int(self.view.labels[i]), j
+
+
+class BatchTwoViews(TwoViews):
+    """TwoViews of a `BatchView`, read a batch at a time: `(x1, x2, labels, indices)` collated,
+    each view an independent whole-batch augmentation of the same images."""
+
+    def __getitems__(self, positions: list[int]):
+        x1, labels, index = self.view.__getitems__(positions)
+        x2, _, _ = self.view.__getitems__(positions)
+        return x1, x2, labels, index
+
+
+def two_views(view) -> TwoViews:
+    """`(view1, view2, label, index)` items of `view`, batched when the view is."""
+    return BatchTwoViews(view) if isinstance(view, BatchView) else TwoViews(view)
 
 
 class UNOModule(DiscoverModule):

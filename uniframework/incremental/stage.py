@@ -33,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from pydantic import Field, model_validator
 
 from ..config import Section
-from ..data import View, make_transform
+from ..data import View
 from ..errors import UserError
 from ..io import load_matching, load_weights, read_json, save_weights, write_json
 from ..models import Classifier, build_classifier, grow_head, shrink_head
@@ -93,9 +93,7 @@ def _device(ctx) -> str:
 
 
 def _view(ctx, index, labels, train: bool) -> View:
-    base = ctx.data.train
-    tf = make_transform(base, ctx.cfg.data.image_size, train, ctx.cfg.data.augment)
-    return View(base, np.asarray(index), np.asarray(labels), tf)
+    return ctx.data.subset_view(np.asarray(index), np.asarray(labels), train)
 
 
 def _train(ctx, opts, model, old, distill, view, key, epochs, lr) -> None:
@@ -150,12 +148,7 @@ def _select(ctx, memory: ExemplarMemory, model, plan: TaskPlan, t: int, path) ->
 def _evaluate(ctx, model, memory, plan: TaskPlan, t: int) -> dict:
     """Row t of the accuracy matrix (head, and NME with a memory) and the final accuracies."""
     split, dev = ctx.data.split, _device(ctx)
-    test_view = View(
-        ctx.data.test,
-        split.test,
-        plan.test_labels,
-        make_transform(ctx.data.test, ctx.cfg.data.image_size, False),
-    )
+    test_view = ctx.data.subset_view(split.test, plan.test_labels, False, ctx.data.test)
     test = extract(model, ctx.data.loader(test_view), dev)
     labels = torch.as_tensor(plan.test_labels)
     pred = test["logits"][:, : plan.seen(t)].argmax(1)  # among the classes seen so far

@@ -20,7 +20,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..config import Section
@@ -68,11 +68,6 @@ class SupervisedOptions(Section):
     # lr after the warm-up: cosine to 0, or linear to 0 (Page's / OneCycle's triangle)
     schedule: Literal["cosine", "linear"] = "cosine"
     batch_size: int | None = Field(None, ge=1)  # training batches; None = data.batch_size
-    # the batched data path (data/augment.py): images resized once and kept as uint8, each batch
-    # normalised and augmented as one tensor (flip, translate, cutout) instead of per image
-    batch_augment: bool = False
-    translate: int | None = Field(None, ge=0)  # batch_augment: max shift px; None = size // 8
-    cutout: int = Field(0, ge=0)  # batch_augment: side of the zeroed square, px (0 = none)
     channels_last: bool = False  # NHWC memory format while training (faster CNNs on CPUs)
 
     @property
@@ -91,19 +86,6 @@ class SupervisedOptions(Section):
     @classmethod
     def _progressive_on_off(cls, v):
         return parse_progressive(v)
-
-    @model_validator(mode="after")
-    def _batched_options(self):
-        if not self.batch_augment and (self.cutout or self.translate is not None):
-            raise ValueError(
-                "cutout and translate belong to the batched data path: set batch_augment: true"
-            )
-        if self.batch_augment and self.progressive is not None:
-            raise ValueError(
-                "progressive learning swaps per-image transforms; it does not combine with "
-                "batch_augment: drop one of them"
-            )
-        return self
 
 
 def least_known(

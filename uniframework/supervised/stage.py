@@ -43,13 +43,16 @@ class SupervisedStage:
         trainer = make_trainer(
             cfg.trainer, ctx.run_dir, "supervised", opts.max_epochs, "val_acc" if has_val else None
         )
-        batched = dict(batched=True, translate=opts.translate, cutout=opts.cutout)
-        views = batched if opts.batch_augment else {}  # the batched data path, or per image
-        labelled = data.view("labelled", train=True, **views)
+        if opts.progressive is not None and cfg.data.batched:
+            raise UserError(
+                "stages.supervised.progressive swaps per-image transforms; it does not combine "
+                "with data.batched: drop one of them"
+            )
+        labelled = data.view("labelled", train=True)
         train_views = [labelled]
         train = data.loader(labelled, train=True, batch_size=opts.batch_size)
         if opts.uses_pool:  # a pool batch beside every labelled batch (labels hidden)
-            pool = data.view("unlabelled", train=True, hide_labels=True, **views)
+            pool = data.view("unlabelled", train=True, hide_labels=True)
             if len(pool) == 0:
                 raise UserError(
                     "stages.supervised.unknown_class / energy_margins need an unlabelled pool: set "
@@ -62,8 +65,7 @@ class SupervisedStage:
             }
         if opts.progressive is not None:  # image size + regularisation rise by stage
             trainer.callbacks.append(progressive_callback(opts, cfg.data, train_views))
-        evals = {"batched": True} if opts.batch_augment else {}  # same images, read faster
-        val = data.loader(data.view("val", **evals)) if has_val else None
+        val = data.loader(data.view("val")) if has_val else None
         log.info(
             "supervised: %s on %d labelled images of %d known classes -> %s",
             cfg.model.backbone,
@@ -85,7 +87,7 @@ class SupervisedStage:
                 {"prototypes": module.prototypes},
                 {"num_known": k},
             )
-        test = extract(model, data.loader(data.view("test_known", **evals)))
+        test = extract(model, data.loader(data.view("test_known")))
         metrics = {
             "known_acc": accuracy(test["logits"][:, :k], test["labels"]),
             "epochs": trainer.current_epoch,
