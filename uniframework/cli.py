@@ -1,4 +1,4 @@
-"""`uniframework run | demo | predict | report | list` — exit 0 on success, 2 on bad input."""
+"""`uniframework run | demo | predict | label | report | list`: exit 0, or 2 on bad input."""
 
 from __future__ import annotations
 
@@ -60,6 +60,16 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--format", choices=["csv", "json"], help="default: json for a .json --out, else csv"
     )
+    lb = sub.add_parser(
+        "label",
+        parents=[common],
+        help="a local page to name, merge or reject the discovered classes",
+        description="Serve a page on 127.0.0.1 where a person names the discover stage's "
+        "clusters; saving writes RUN_DIR/discover/labels.json for the incremental stage.",
+    )
+    lb.add_argument("run_dir", type=Path, help="run directory with a finished discover stage")
+    lb.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    lb.add_argument("--open", action="store_true", help="open the page in the default browser")
     rp = sub.add_parser("report", parents=[common], help="(re)write RUN_DIR/report.html")
     rp.add_argument("run_dir", type=Path, help="run directory (runs/<name> or run --out)")
     return p
@@ -113,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             from .predict import run_predict
 
             return run_predict(args.run_dir, args.images, args.out, args.format)
+        if args.command == "label":
+            from .label import serve
+
+            return serve(args.run_dir, args.port, args.open)
         if args.command == "report":
             from .report import write_report
 

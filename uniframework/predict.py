@@ -8,8 +8,10 @@ Per image (files, or folders walked for image files), with the run's models:
   its Weibull fits, the other scorers at the threshold that keeps 95% of held-out knowns;
 - `discovered_class`: only for images the detector flags unknown (empty otherwise): the final
   classifier's (incremental, else discover) best *new-class* output — argmax over its outputs
-  after the k known ones, by name — with the known outputs left out, since the detector has
-  already ruled them out; empty without such a classifier;
+  after the k known ones, by name (`classnames.class_names`: the names given on the label page
+  when the run learned them) — with the known outputs left out, since the detector has already
+  ruled them out; empty without such a classifier, or when the best output is a cluster the
+  person rejected as noise;
 - `prediction`: not flagged -> the known class; flagged -> its discovered class, else "unknown".
   The detector alone decides known vs. unknown, so a row never names a known and a new class
   at once; an incremental classifier's own argmax over all classes is not used.
@@ -30,10 +32,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .classnames import class_names
 from .data import make_transform
 from .data.datasets import IMAGE_EXTENSIONS, read_image
+from .discover.labels import REJECTED_NAME
 from .errors import UserError
-from .io import read_json
 from .report import final_stage, open_run
 
 log = logging.getLogger(__name__)
@@ -112,7 +115,7 @@ def _classify(ctx, paths: list[Path], images: list[torch.Tensor]) -> list[dict]:
     batch = torch.stack([tf(img) for img in images])
     model, meta = ctx.load_classifier("supervised")
     k = int(meta.get("num_known", model.num_classes))
-    names = meta["class_names"][:k]  # model label order; the first k are the known classes
+    names = class_names(ctx, "supervised", meta)[:k]  # model label order: the known classes
     features, logits = _forward(model, batch, cfg.data.batch_size)
     probs = logits[:, :k].softmax(1)
     score, unknown = _unknown(ctx.run_dir, features, logits, k)
@@ -151,23 +154,18 @@ def _unknown(run_dir: Path, features: torch.Tensor, logits: torch.Tensor, k: int
     return None, None
 
 
-def _discovered(ctx, batch: torch.Tensor, k: int) -> list[str] | None:
-    """Name of the final classifier's best new-class output (outputs k..) per image of `batch`;
-    None without such a classifier or without images."""
+def _discovered(ctx, batch: torch.Tensor, k: int) -> list[str | None] | None:
+    """Name of the final classifier's best new-class output (outputs k..) per image of `batch`
+    (None for a rejected cluster); None without such a classifier or without images."""
     stage = final_stage(ctx)
     if stage not in ("incremental", "discover") or len(batch) == 0:
         return None
     model, meta = ctx.load_classifier(stage)
     if model.num_classes <= k:
         return None
-    if stage == "incremental":
-        names = meta["model_class_names"][k:]
-    else:
-        disc = read_json(ctx.run_dir / "discover" / "discovered.json", {})
-        names = disc.get("class_names") or []
-    names += [f"novel-{j}" for j in range(len(names), model.num_classes - k)]
+    names = class_names(ctx, stage, meta)[k:]
     best = _forward(model, batch, ctx.cfg.data.batch_size)[1][:, k:].argmax(1)
-    return [names[int(j)] for j in best]
+    return [None if names[int(j)] == REJECTED_NAME else names[int(j)] for j in best]
 
 
 def _predict_detect(run_dir: Path, paths: list[tuple[Path, str | None]]) -> list[dict]:

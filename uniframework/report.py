@@ -5,6 +5,8 @@ metrics grouped by stage), MAE / SimMIM reconstructions (`pretrain/`), the featu
 (`discover/embedding.png`), energy histograms with the Weibull fits and ROC curves
 (`openset/`), the discovered clusters with sample pool images, incremental accuracy
 (`incremental/`), detection (`detect/`), and the final confusion matrix over all classes.
+Clusters a person named on the label page (`discover/labels.json`) carry those names, with a
+line saying whether the incremental classifier learned them.
 A section whose artifacts are missing becomes one line naming the stage that makes them.
 
 Figures drawn here (`report/clusters.png`, `report/confusion.png`) and every other figure are
@@ -22,8 +24,16 @@ import numpy as np
 import torch
 
 from .config import load_config
+from .discover.labels import (
+    LABELS,
+    cluster_names,
+    describe_labels,
+    output_truth,
+    read_labels,
+    sha256_of,
+)
 from .errors import UserError
-from .io import atomic_write_text, read_json
+from .io import atomic_write_text, load_weights, read_json
 from .pipeline import RunContext
 
 log = logging.getLogger(__name__)
@@ -99,14 +109,26 @@ def confusion_counts(ctx: RunContext) -> tuple[np.ndarray, list[str], str] | Non
     pred, truth = out["logits"].argmax(1).numpy(), out["labels"].numpy()
     labels = list(range(len(names)))
     if has_discovered_outputs(stage, meta):
-        mapping = read_json(ctx.run_dir / "discover" / "discovered.json", {}).get("mapping", {})
-        lut = {int(c): UNMATCHED if t is None else int(t) for c, t in mapping.items()}
-        pred = np.array([lut.get(int(p), UNMATCHED) if p >= k else p for p in pred])
+        # output -> its true classes (several for clusters merged on the label page)
+        if "output_truth" in meta:
+            lut = {int(c): ts for c, ts in meta["output_truth"].items()}
+        else:
+            lut = output_truth(read_json(ctx.run_dir / "discover" / "discovered.json", {}))
+        pred = np.array([_as_truth(p, t, k, lut) for p, t in zip(pred, truth, strict=True)])
         labels, names = labels + [UNMATCHED], names + ["unmatched"]
     elif stage == "supervised" and model.num_classes > k:  # ORE's extra "unknown" output
         pred = np.where(pred >= k, UNKNOWN, pred)
         labels, names = labels + [UNKNOWN], names + ["unknown"]
     return confusion_matrix(truth, pred, labels=labels), names, stage
+
+
+def _as_truth(pred: int, truth: int, k: int, lut: dict[int, list[int]]) -> int:
+    """A prediction as a true class: known outputs are; a discovered one is the image's own class
+    when it covers it, else its first class (UNMATCHED when it covers none)."""
+    if pred < k:
+        return int(pred)
+    covers = lut.get(int(pred), [])
+    return int(truth) if truth in covers else (covers[0] if covers else UNMATCHED)
 
 
 def confusion_figure(matrix: np.ndarray, names: list[str], title: str, path: Path) -> None:
@@ -130,14 +152,17 @@ def confusion_figure(matrix: np.ndarray, names: list[str], title: str, path: Pat
     save_figure(fig, path)
 
 
-def cluster_figure(ctx: RunContext, discovered: dict, path: Path) -> None:
-    """One row per discovered class: its name and size, then up to `SAMPLES_PER_CLUSTER` of its
-    pool images (first in index order), each captioned with its true class."""
+def cluster_figure(
+    ctx: RunContext, discovered: dict, path: Path, names: list[str] | None = None
+) -> None:
+    """One row per discovered class: its name (`names`, else discover's) and size, then up to
+    `SAMPLES_PER_CLUSTER` of its pool images (first in index order), each captioned with its
+    true class."""
     from .plotting import plt, save_figure
 
     data, k, n = ctx.data, int(discovered["num_known"]), int(discovered["num_novel"])
     index, label = np.asarray(discovered["index"]), np.asarray(discovered["label"])
-    names = discovered.get("class_names") or [f"novel-{j}" for j in range(n)]
+    names = names or cluster_names(discovered, None)
     true_names = data.class_names
     fig, axes = plt.subplots(
         n, SAMPLES_PER_CLUSTER, figsize=(1.0 * SAMPLES_PER_CLUSTER + 1.6, 1.15 * n), squeeze=False
@@ -273,6 +298,32 @@ def _pool_line(metrics: dict) -> str:
     return f"<p>{html.escape(' '.join(parts))}</p>" if parts else ""
 
 
+def _labels_note(ctx: RunContext, discovered: dict) -> tuple[list[str] | None, str]:
+    """The clusters' names from `discover/labels.json` (None without it) and a paragraph on
+    them: what the person named, merged and rejected, and whether the incremental classifier
+    learned these labels."""
+    path = ctx.run_dir / "discover" / "discovered.json"
+    k = int(discovered["num_known"])
+    try:
+        labels = read_labels(path, ctx.data.class_names[:k])
+    except UserError as err:
+        return None, f'<p class="missing">{html.escape(str(err))}</p>'
+    if labels is None:
+        return None, ""
+    words = describe_labels(labels, k)
+    inc = ctx.weights_path("incremental")
+    if inc.is_file():
+        used = load_weights(inc)[1].get("labels_sha256")
+        if used == sha256_of(path.parent / LABELS):
+            words += " The incremental classifier learned these classes."
+        else:
+            words += (
+                " The incremental classifier was trained before these names were saved: "
+                "rerun with --restart-from incremental to learn them."
+            )
+    return cluster_names(discovered, labels), f"<p>{html.escape(words)}</p>"
+
+
 def _drawn_here(ctx: RunContext) -> str:
     """The clusters and confusion sections, whose figures this module draws from the run."""
     out, run_dir = [], ctx.run_dir
@@ -282,10 +333,13 @@ def _drawn_here(ctx: RunContext) -> str:
             out.append(_missing("discovered clusters", "discover"))
         else:
             path = run_dir / "report" / "clusters.png"
-            cluster_figure(ctx, discovered, path)
+            named, note = _labels_note(ctx, discovered)
+            cluster_figure(ctx, discovered, path, named)
             caption = f"{discovered['num_novel']} classes found by {discovered['method']}"
             metrics = read_json(run_dir / "metrics.json", {})
-            out.append("<h2>Discovered classes</h2>" + _pool_line(metrics) + _img(path, caption))
+            out.append(
+                "<h2>Discovered classes</h2>" + _pool_line(metrics) + note + _img(path, caption)
+            )
         cm = confusion_counts(ctx)
         if cm is None:
             out.append(_missing("confusion matrix", "supervised"))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from uniframework.config import load_config
+from uniframework.discover.labels import save_labels
 from uniframework.errors import UserError
 from uniframework.incremental.metrics import UNMATCHED
 from uniframework.incremental.tasks import plan_from_discover
@@ -99,6 +100,30 @@ def test_source_discover_trains_on_pseudo_labels(tmp_path):
     assert m["incremental.new_acc"] > 0.1  # the matched clusters are learned
     _, meta = load_weights(tmp_path / "checkpoints/incremental.safetensors")
     assert meta["num_classes"] == 6 and meta["model_class_names"][2:] == ["c2", "c3", "c4", "c5"]
+
+
+def test_source_discover_plans_the_named_classes(tmp_path):
+    """With discover/labels.json: clusters 2 and 4 (digits 5, 7) merged as "fivish", cluster 3
+    (digit 2) named "two-ish", cluster 5 rejected: 2 classes, its images left out."""
+    cfg = load_config(None, [*TINY, "data.num_known=2", "data.num_tasks=2"])
+    ctx = RunContext(cfg, tmp_path)
+    disc = _discovered(ctx)
+    write_json(tmp_path / "discover/discovered.json", disc)
+    labels = {
+        "classes": [{"name": "fivish", "clusters": [2, 4]}, {"name": "two-ish", "clusters": [3]}],
+        "rejected": [5],
+    }
+    save_labels(tmp_path / "discover", labels, ctx.data.class_names[:2])
+    plan = plan_from_discover(ctx.data, tmp_path / "discover/discovered.json")
+    assert plan.tasks == [[0, 1], [2, 3]] and plan.class_names[2:] == ["fivish", "two-ish"]
+    assert plan.labels["merged_clusters"] == 1 and plan.labels["rejected_clusters"] == 1
+    new = dict(zip(disc["index"], disc["label"], strict=True))
+    expect = {i: {2: 2, 4: 2, 3: 3}[c] for i, c in new.items() if c != 5}
+    assert dict(zip(plan.train_index[1].tolist(), plan.train_labels[1].tolist())) == expect
+    true = ctx.data.split.remap(ctx.data.test.targets[ctx.data.split.test])
+    assert (plan.test_labels[np.isin(true, [5, 7])] == 2).all()  # merged: right for either
+    assert (plan.test_labels[true == 2] == 3).all()
+    assert (plan.test_labels[np.isin(true, [3, 4, 6, 8, 9])] == UNMATCHED).all()
 
 
 def test_supervised_then_incremental_writes_every_metric(tmp_path):

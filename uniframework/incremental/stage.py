@@ -13,7 +13,9 @@ run resumes at the first task without its json; a task cut off mid-training resu
 one); for the main learner `checkpoints/incremental.safetensors` (for
 `predict`), `checkpoints/incremental_nme.safetensors` (class means, memory learners),
 `incremental/memory.json`, `incremental/results.json`, `incremental/accuracy.png`,
-`incremental/matrix.png`.
+`incremental/matrix.png`. With classes named on the label page (`discover/labels.json`), the
+metrics add `named_classes`, `merged_clusters`, `rejected_clusters`, and the checkpoint's
+metadata and `results.json` the labels file's `sha256` (the report says which labels were used).
 
 DDP: training runs on every rank; features, herding and scoring run on rank 0, which writes
 each task's weights and memory; the other ranks wait at a barrier and read them back.
@@ -291,6 +293,8 @@ def _report(ctx, opts, plan: TaskPlan, results: dict) -> dict[str, float]:
     main = results[opts.learner]
     model, memory = main["model"], main["memory"]
     metrics |= {"num_classes": plan.num_classes, "num_tasks": len(plan.tasks)}
+    labels = plan.labels or {}
+    metrics |= {key: v for key, v in labels.items() if key != "sha256"}
     ctx.save_model(
         "incremental",
         model,
@@ -299,6 +303,8 @@ def _report(ctx, opts, plan: TaskPlan, results: dict) -> dict[str, float]:
         tasks=plan.tasks,
         source=opts.source,
         model_class_names=plan.class_names,
+        output_truth={str(c): t for c, t in plan.output_truth.items()},
+        labels_sha256=labels.get("sha256"),
     )
     if memory is not None:
         metrics["memory_size"] = len(memory)
@@ -310,7 +316,13 @@ def _report(ctx, opts, plan: TaskPlan, results: dict) -> dict[str, float]:
         )
     write_json(
         out_dir / "results.json",
-        {"tasks": plan.tasks, "test_counts": counts.tolist(), "learners": summary},
+        {
+            "tasks": plan.tasks,
+            "test_counts": counts.tolist(),
+            "learners": summary,
+            "class_names": plan.class_names,
+            "labels": plan.labels,
+        },
     )
     if opts.figures:
         from .figures import accuracy_curves, matrix_heatmap

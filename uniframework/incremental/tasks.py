@@ -8,19 +8,26 @@
   discover stage assigned to them, with its pseudo-labels. On the test set a true novel class
   is mapped to its discovered label through the inverse of the Hungarian `mapping`; a class no
   cluster was matched to gets UNMATCHED (always wrong).
+  When a person named the clusters (`discover/labels.json`, the label page), the named classes
+  replace the clusters: merged clusters are one class, rejected ones are left out
+  (`discover/labels.py`); a merged class is right for the true class of any of its clusters.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..data import OpenWorldData
+from ..discover.labels import LABELS, inverse_mapping, output_truth, read_discovered
 from ..errors import UserError
 from ..io import read_json
 from .metrics import UNMATCHED
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +38,9 @@ class TaskPlan:
     train_labels: list[np.ndarray]  # their labels (true, or pseudo-labels from discover)
     test_labels: np.ndarray  # model label of each image of split.test (UNMATCHED possible)
     class_names: list[str]
+    labels: dict | None = None  # what the person's names did (source discover with labels)
+    # source discover: model label -> the true classes it is right for (merged: several)
+    output_truth: dict[int, list[int]] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -76,16 +86,18 @@ def plan_from_discover(data: OpenWorldData, path: Path) -> TaskPlan:
             "stage: put `- discover: {}` before `- incremental` in stages, or set "
             "stages.incremental.source=split"
         )
-    disc = read_json(path)
-    missing = {"num_known", "num_novel", "index", "label", "mapping"} - set(disc)
+    raw = read_json(path)
+    missing = {"num_known", "num_novel", "index", "label", "mapping"} - set(raw)
     if missing:
         raise UserError(f"'{path}' lacks {sorted(missing)}: rerun the discover stage")
-    k, n = int(disc["num_known"]), int(disc["num_novel"])
+    k = int(raw["num_known"])
     if k != split.num_known:
         raise UserError(
             f"'{path}' was written for num_known = {k}, but data.num_known = {split.num_known}: "
             "rerun discover (--restart-from discover) with this config"
         )
+    disc = read_discovered(path, data.class_names[:k])  # the person's names, when given
+    n = int(disc["num_novel"])
     idx, lab = np.asarray(disc["index"], np.int64), np.asarray(disc["label"], np.int64)
     if len(idx) != len(lab) or (len(idx) and (idx.min() < 0 or idx.max() >= len(data.train))):
         raise UserError(f"'{path}': 'index' must be train-set indices, one per 'label'")
@@ -104,10 +116,26 @@ def plan_from_discover(data: OpenWorldData, path: Path) -> TaskPlan:
         index.append(idx[keep])
         labels.append(lab[keep])
     # test: true novel class -> discovered label (inverse Hungarian mapping), else UNMATCHED
-    inverse = {int(v): int(c) for c, v in disc["mapping"].items() if v is not None}
+    inverse = inverse_mapping(disc)
     true = split.remap(data.test.targets[split.test])
     test = np.array([t if t < k else inverse.get(int(t), UNMATCHED) for t in true], np.int64)
     names = list(disc.get("class_names") or [f"novel {j}" for j in range(n)])
+    used = None
+    if "labels_sha256" in disc:
+        log.info("incremental: the classes named in %s", path.parent / LABELS)
+        used = {
+            "sha256": disc["labels_sha256"],
+            "named_classes": n,
+            "merged_clusters": sum(len(c) for c in disc["clusters"].values()) - n,
+            "rejected_clusters": len(disc["rejected"]),
+        }
     return TaskPlan(
-        k, [list(range(k)), *novel_tasks], index, labels, test, data.class_names[:k] + names
+        k,
+        [list(range(k)), *novel_tasks],
+        index,
+        labels,
+        test,
+        data.class_names[:k] + names,
+        used,
+        output_truth(disc),
     )

@@ -1,0 +1,222 @@
+"""`uniframework label`: a person names the discovered classes on a local page.
+
+In a real browser (headless Chromium, the system's `chromium`, driven by Playwright's Python
+package; no browser download): the page shows every cluster with its size and images; bad
+names get a message and nothing is written; names, a merge and a rejection are saved to
+`discover/labels.json`; `run --restart-from incremental` then learns the named classes, and
+predict and the report call them by their names. Also: the server answers only its own page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from uniframework.classnames import class_names
+from uniframework.cli import main
+from uniframework.discover.labels import sha256_of
+from uniframework.io import load_weights, read_json
+from uniframework.label import make_server
+from uniframework.predict import predict
+from uniframework.report import confusion_counts, open_run, write_report
+
+from .test_report import chromium, tiny_run  # noqa: F401  (shared fixtures, found by name)
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:  # noqa: F811
+    """A copy of the shared tiny run (5 known digits, 5 k-means clusters) to label and rerun."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out, ignore=shutil.ignore_patterns("logs", "lightning_logs"))
+    return out
+
+
+@pytest.fixture
+def sync_playwright():
+    return pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'"
+    ).sync_playwright
+
+
+def _start(run_dir: Path) -> tuple[subprocess.Popen, str]:
+    """`uniframework label RUN_DIR` in its own process, and the URL it prints."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uniframework", "label", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    timer = threading.Timer(300, proc.kill)  # never hang the suite on a server that is stuck
+    timer.start()
+    line = proc.stdout.readline()
+    timer.cancel()
+    found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+    if not found:
+        proc.kill()
+        pytest.fail(f"no URL printed: {line!r} {proc.stderr.read()[-2000:]}")
+    return proc, found.group(0)
+
+
+def test_a_person_names_merges_rejects_and_incremental_learns_it(
+    run_copy,
+    chromium,  # noqa: F811
+    sync_playwright,
+    tmp_path,
+):
+    ctx, _ = open_run(run_copy)
+    k, known = 5, ctx.data.class_names[:5]
+    labels_file = run_copy / "discover" / "labels.json"
+    proc, url = _start(run_copy)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(url)
+            cards = page.locator("section.cluster")
+            assert cards.count() == 5
+            for j in range(5):  # its name, its size and its images, decoded
+                card = page.locator(f"#novel-{j}")
+                assert re.search(r"\(\d+ images\)", card.locator("h2").inner_text())
+                sizes = card.locator("img").evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
+                assert sizes and all(w >= 64 for w in sizes), sizes
+
+            def name(j: int, text: str) -> None:
+                page.locator(f"#novel-{j} input.name").fill(text)
+
+            def save() -> str:
+                page.click("#save")
+                message = page.locator("#message")
+                message.locator("xpath=self::*[@class='ok' or @class='error']").wait_for()
+                return message.inner_text()
+
+            # bad input: a message on the page, nothing written
+            for j, text in enumerate(["alpha", "beta", "gamma", "delta", "epsilon"]):
+                name(j, text)
+            name(2, "")
+            assert "novel-2: the name is empty" in save()
+            name(2, known[1])
+            assert f"'{known[1]}' is a known class" in save()
+            name(2, "Alpha")
+            assert "'Alpha' is already the name of novel-0" in save()
+            assert page.locator("#message").get_attribute("class") == "error"
+            assert not labels_file.exists()
+            # names, novel-1 merged into novel-0, novel-3 rejected as noise
+            name(2, "gamma")
+            page.locator("#novel-1 select.merge").select_option(label="novel-0")
+            assert page.locator("#novel-1 input.name").is_disabled()
+            page.locator("#novel-3 input.reject").check()
+            text = save()
+            assert "Saved" in text and "--restart-from incremental" in text, text
+            # a reload shows what was saved
+            page.reload()
+            assert page.locator("#novel-0 input.name").input_value() == "alpha"
+            assert page.locator("#novel-1 select.merge").input_value() == str(k)
+            assert page.locator("#novel-3 input.reject").is_checked()
+            browser.close()
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "label page stopped" in out, err[-2000:]
+    assert "Traceback" not in err
+
+    saved = read_json(labels_file)
+    assert saved["classes"] == [
+        {"name": "alpha", "clusters": [5, 6]},
+        {"name": "gamma", "clusters": [7]},
+        {"name": "epsilon", "clusters": [9]},
+    ]
+    assert saved["rejected"] == [8]
+    assert saved["discovered_sha256"] == sha256_of(run_copy / "discover/discovered.json")
+
+    # the next incremental run learns the 3 named classes
+    cfg = str(run_copy / "config.yaml")
+    assert main(["run", cfg, "--out", str(run_copy), "--restart-from", "incremental", "-q"]) == 0
+    metrics = read_json(run_copy / "metrics.json")
+    assert metrics["incremental.num_classes"] == k + 3
+    assert metrics["incremental.named_classes"] == 3
+    assert metrics["incremental.merged_clusters"] == 1
+    assert metrics["incremental.rejected_clusters"] == 1
+    _, meta = load_weights(run_copy / "checkpoints/incremental.safetensors")
+    assert meta["labels_sha256"] == sha256_of(labels_file)
+    names = ["alpha", "gamma", "epsilon"]
+    assert class_names(run_copy) == [*known, *names]
+    # predict names them; the report says which labels were learned
+    matrix, _, _ = confusion_counts(open_run(run_copy)[0])
+    assert matrix.trace() / matrix.sum() == pytest.approx(metrics["incremental.all_acc"])
+    pool = read_json(run_copy / "discover/discovered.json")
+    rows = _predict_pool_images(run_copy, pool["index"][:20], tmp_path)
+    found = {r["discovered_class"] for r in rows} - {None}
+    assert found and found <= set(names), found
+    page = write_report(run_copy).read_text()
+    assert "Named on the label page (labels.json): 3 classes: alpha (novel-0 + novel-1)" in page
+    assert "Rejected as noise: novel-3." in page and "learned these classes" in page
+
+
+def _predict_pool_images(run_dir: Path, index: list[int], tmp_path: Path) -> list[dict]:
+    from PIL import Image
+
+    ctx, _ = open_run(run_dir)
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    for i in index:
+        pixels = ctx.data.train.load(int(i)).permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    return predict(run_dir, [folder])
+
+
+def test_the_server_answers_only_its_own_page(run_copy):
+    server = make_server(run_copy)
+    port = server.server_address[1]
+    assert server.server_address[0] == "127.0.0.1"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    token = server.RequestHandlerClass.keywords["page"].token
+
+    def post(body: bytes, headers: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(f"{base}/labels", body, headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    try:
+        with urllib.request.urlopen(base + "/", timeout=30) as r:
+            assert r.status == 200 and f'data-token="{token}"' in r.read().decode()
+        good = {
+            "classes": [{"name": f"c{j}", "clusters": [5 + j]} for j in range(5)],
+            "rejected": [],
+        }
+        body = json.dumps(good).encode()
+        # another site's page posting here (no token), or a request to another host name
+        assert post(body, {})[0] == 403
+        assert post(body, {"X-Label-Token": token, "Host": "evil.example"})[0] == 403
+        status, out = post(b"{not json", {"X-Label-Token": token})
+        assert status == 400 and "no valid JSON" in out["errors"][0]
+        assert not (run_copy / "discover/labels.json").exists()
+        status, out = post(body, {"X-Label-Token": token})
+        assert status == 200 and (run_copy / "discover/labels.json").is_file()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_label_without_a_discover_result_exits_2(run_copy, capsys):
+    (run_copy / "discover/discovered.json").unlink()
+    assert main(["label", str(run_copy)]) == 2
+    assert "discovered.json' does not exist" in capsys.readouterr().err
