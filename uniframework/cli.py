@@ -1,4 +1,5 @@
-"""`uniframework run | demo | predict | report | list` — exit 0 on success, 2 on bad input."""
+"""`uniframework run | demo | predict | export | report | list`: exit 0 on success, 2 on bad
+input."""
 
 from __future__ import annotations
 
@@ -54,12 +55,23 @@ def parser() -> argparse.ArgumentParser:
         help="known class / unknown / discovered class of images, with scores",
         description="Predict images with a finished run's models (one row per image).",
     )
-    pr.add_argument("run_dir", type=Path, help="run directory (runs/<name> or run --out)")
+    pr.add_argument(
+        "run_dir", type=Path, help="run directory (runs/<name> or run --out), or an exported .onnx"
+    )
     pr.add_argument("images", nargs="+", type=Path, help="image files or folders of them")
     pr.add_argument("--out", type=Path, help="output file (default: stdout)")
     pr.add_argument(
         "--format", choices=["csv", "json"], help="default: json for a .json --out, else csv"
     )
+    ex = sub.add_parser(
+        "export",
+        parents=[common],
+        help="the run's classifier + unknown detector as one ONNX file",
+        description="Write the run's final classifier, its known-class classifier and its "
+        "open-set detector as one self-contained ONNX model (needs the `export` extra).",
+    )
+    ex.add_argument("run_dir", type=Path, help="run directory (runs/<name> or run --out)")
+    ex.add_argument("--out", type=Path, help="model file (default: RUN_DIR/model.onnx)")
     rp = sub.add_parser("report", parents=[common], help="(re)write RUN_DIR/report.html")
     rp.add_argument("run_dir", type=Path, help="run directory (runs/<name> or run --out)")
     return p
@@ -113,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             from .predict import run_predict
 
             return run_predict(args.run_dir, args.images, args.out, args.format)
+        if args.command == "export":
+            from .export import export_run
+
+            print(f"model: {export_run(args.run_dir, args.out)}")
+            return 0
         if args.command == "report":
             from .report import write_report
 

@@ -14,7 +14,9 @@ Per image (files, or folders walked for image files), with the run's models:
   The detector alone decides known vs. unknown, so a row never names a known and a new class
   at once; an incremental classifier's own argmax over all classes is not used.
 Images are preprocessed like the run's test view (`make_transform`, the dataset's mean / std /
-size). A detection run (a `detect` stage) is handed to `uniframework.detect.predict`.
+size). A detection run (a `detect` stage) is handed to `uniframework.detect.predict`. In place of
+a run directory, a model file written by `uniframework export` (`.onnx`) gives the same rows
+(`export.OnnxClassifier`, onnxruntime; preprocessing from the file's metadata).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -71,16 +74,25 @@ def image_paths(inputs: Sequence[str | Path]) -> list[tuple[Path, str | None]]:
 
 
 def predict(run_dir: str | Path, inputs: Sequence[str | Path]) -> list[dict]:
-    """One row per image (see the module docstring); an unreadable file gets `{path, error}`."""
-    ctx, _ = open_run(run_dir)
+    """One row per image (see the module docstring); an unreadable file gets `{path, error}`.
+    `run_dir` is a run directory or an exported `.onnx` model."""
     paths = image_paths(inputs)
-    if "detect" in (name for name, _ in ctx.cfg.stage_list()):
-        return _predict_detect(ctx.run_dir, paths)
-    if not ctx.weights_path("supervised").is_file():
-        raise UserError(
-            f"'{ctx.run_dir}' has no supervised classifier ({ctx.weights_path('supervised')}): "
-            "predict needs a run with a finished `supervised` stage"
-        )
+    classify: Callable[[list[Path], list[torch.Tensor]], list[dict]]
+    if Path(run_dir).suffix.lower() == ".onnx":
+        from .export import OnnxClassifier
+
+        classify = OnnxClassifier(run_dir).classify
+    else:
+        ctx, _ = open_run(run_dir)
+        if "detect" in (name for name, _ in ctx.cfg.stage_list()):
+            return _predict_detect(ctx.run_dir, paths)
+        if not ctx.weights_path("supervised").is_file():
+            raise UserError(
+                f"'{ctx.run_dir}' has no supervised classifier "
+                f"({ctx.weights_path('supervised')}): predict needs a run with a finished "
+                "`supervised` stage"
+            )
+        classify = partial(_classify, ctx)
     rows: list[dict] = [{"path": str(p), "error": e} for p, e in paths if e]
     images, ok = [], []
     for p, err in paths:
@@ -92,7 +104,7 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path]) -> list[dict]:
         except UNREADABLE as e:
             rows.append({"path": str(p), "error": f"cannot read image ({type(e).__name__}: {e})"})
     if images:
-        rows += _classify(ctx, ok, images)
+        rows += classify(ok, images)
     order = {str(p): i for i, (p, _) in enumerate(paths)}  # rows in the order given
     return sorted(rows, key=lambda r: order[r["path"]])
 
@@ -112,12 +124,26 @@ def _classify(ctx, paths: list[Path], images: list[torch.Tensor]) -> list[dict]:
     batch = torch.stack([tf(img) for img in images])
     model, meta = ctx.load_classifier("supervised")
     k = int(meta.get("num_known", model.num_classes))
-    names = meta["class_names"][:k]  # model label order; the first k are the known classes
     features, logits = _forward(model, batch, cfg.data.batch_size)
-    probs = logits[:, :k].softmax(1)
     score, unknown = _unknown(ctx.run_dir, features, logits, k)
     flagged = [] if unknown is None else unknown.nonzero().flatten().tolist()
     found = dict(zip(flagged, _discovered(ctx, batch[flagged], k) or [], strict=False))
+    return make_rows(
+        paths, known_class_names(meta, k), logits[:, :k].softmax(1), score, unknown, found
+    )
+
+
+def make_rows(
+    paths: list[Path],
+    names: list[str],
+    probs: torch.Tensor,
+    score: torch.Tensor | None,
+    unknown: torch.Tensor | None,
+    found: dict[int, str],
+) -> list[dict]:
+    """The rows of the module docstring from known-class probabilities `[N, k]` (`names`: the k
+    known classes), the detector's scores / decisions `[N]` (None without a detector) and the
+    discovered class name of flagged image i, `found[i]`."""
     rows = []
     for i, p in enumerate(paths):
         known = names[int(probs[i].argmax())]
@@ -160,14 +186,28 @@ def _discovered(ctx, batch: torch.Tensor, k: int) -> list[str] | None:
     model, meta = ctx.load_classifier(stage)
     if model.num_classes <= k:
         return None
-    if stage == "incremental":
-        names = meta["model_class_names"][k:]
-    else:
-        disc = read_json(ctx.run_dir / "discover" / "discovered.json", {})
-        names = disc.get("class_names") or []
-    names += [f"novel-{j}" for j in range(len(names), model.num_classes - k)]
+    names = new_class_names(ctx, stage, meta, model.num_classes, k)
     best = _forward(model, batch, ctx.cfg.data.batch_size)[1][:, k:].argmax(1)
     return [names[int(j)] for j in best]
+
+
+# Class names: the one place that names the classifiers' outputs (`export` reads them too).
+
+
+def known_class_names(meta: dict, k: int) -> list[str]:
+    """The k known classes, in model label order, from a classifier's weights metadata."""
+    return list(meta["class_names"][:k])
+
+
+def new_class_names(ctx, stage: str, meta: dict, num_outputs: int, k: int) -> list[str]:
+    """Names of outputs k..num_outputs-1 of `stage`'s classifier (incremental: its class names;
+    discover: `discovered.json`), padded with `novel-<j>` where none is saved."""
+    if stage == "incremental":
+        names = list(meta["model_class_names"][k:])
+    else:
+        disc = read_json(ctx.run_dir / "discover" / "discovered.json", {})
+        names = list(disc.get("class_names") or [])
+    return names + [f"novel-{j}" for j in range(len(names), num_outputs - k)]
 
 
 def _predict_detect(run_dir: Path, paths: list[tuple[Path, str | None]]) -> list[dict]:
