@@ -1,4 +1,5 @@
-"""`uniframework run | demo | predict | label | report | list`: exit 0, or 2 on bad input."""
+"""`uniframework run | demo | predict | label | export | report | list`: exit 0, or 2 on bad
+input."""
 
 from __future__ import annotations
 
@@ -54,7 +55,9 @@ def parser() -> argparse.ArgumentParser:
         help="known class / unknown / discovered class of images, with scores",
         description="Predict images with a finished run's models (one row per image).",
     )
-    pr.add_argument("run_dir", type=Path, help="run directory (runs/<name> or run --out)")
+    pr.add_argument(
+        "run_dir", type=Path, help="run directory (runs/<name> or run --out), or an exported .onnx"
+    )
     pr.add_argument("images", nargs="+", type=Path, help="image files or folders of them")
     pr.add_argument("--out", type=Path, help="output file (default: stdout)")
     pr.add_argument(
@@ -70,6 +73,15 @@ def parser() -> argparse.ArgumentParser:
     lb.add_argument("run_dir", type=Path, help="run directory with a finished discover stage")
     lb.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     lb.add_argument("--open", action="store_true", help="open the page in the default browser")
+    ex = sub.add_parser(
+        "export",
+        parents=[common],
+        help="the run's classifier + unknown detector as one ONNX file",
+        description="Write the run's final classifier, its known-class classifier and its "
+        "open-set detector as one self-contained ONNX model (needs the `export` extra).",
+    )
+    ex.add_argument("run_dir", type=Path, help="run directory (runs/<name> or run --out)")
+    ex.add_argument("--out", type=Path, help="model file (default: RUN_DIR/model.onnx)")
     rp = sub.add_parser("report", parents=[common], help="(re)write RUN_DIR/report.html")
     rp.add_argument("run_dir", type=Path, help="run directory (runs/<name> or run --out)")
     return p
@@ -127,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             from .label import serve
 
             return serve(args.run_dir, args.port, args.open)
+        if args.command == "export":
+            from .export import export_run
+
+            print(f"model: {export_run(args.run_dir, args.out)}")
+            return 0
         if args.command == "report":
             from .report import write_report
 

@@ -16,7 +16,9 @@ Per image (files, or folders walked for image files), with the run's models:
   The detector alone decides known vs. unknown, so a row never names a known and a new class
   at once; an incremental classifier's own argmax over all classes is not used.
 Images are preprocessed like the run's test view (`make_transform`, the dataset's mean / std /
-size). A detection run (a `detect` stage) is handed to `uniframework.detect.predict`.
+size). A detection run (a `detect` stage) is handed to `uniframework.detect.predict`. In place of
+a run directory, a model file written by `uniframework export` (`.onnx`) gives the same rows
+(`export.OnnxClassifier`, onnxruntime; preprocessing from the file's metadata).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -74,16 +77,25 @@ def image_paths(inputs: Sequence[str | Path]) -> list[tuple[Path, str | None]]:
 
 
 def predict(run_dir: str | Path, inputs: Sequence[str | Path]) -> list[dict]:
-    """One row per image (see the module docstring); an unreadable file gets `{path, error}`."""
-    ctx, _ = open_run(run_dir)
+    """One row per image (see the module docstring); an unreadable file gets `{path, error}`.
+    `run_dir` is a run directory or an exported `.onnx` model."""
     paths = image_paths(inputs)
-    if "detect" in (name for name, _ in ctx.cfg.stage_list()):
-        return _predict_detect(ctx.run_dir, paths)
-    if not ctx.weights_path("supervised").is_file():
-        raise UserError(
-            f"'{ctx.run_dir}' has no supervised classifier ({ctx.weights_path('supervised')}): "
-            "predict needs a run with a finished `supervised` stage"
-        )
+    classify: Callable[[list[Path], list[torch.Tensor]], list[dict]]
+    if Path(run_dir).suffix.lower() == ".onnx":
+        from .export import OnnxClassifier
+
+        classify = OnnxClassifier(run_dir).classify
+    else:
+        ctx, _ = open_run(run_dir)
+        if "detect" in (name for name, _ in ctx.cfg.stage_list()):
+            return _predict_detect(ctx.run_dir, paths)
+        if not ctx.weights_path("supervised").is_file():
+            raise UserError(
+                f"'{ctx.run_dir}' has no supervised classifier "
+                f"({ctx.weights_path('supervised')}): predict needs a run with a finished "
+                "`supervised` stage"
+            )
+        classify = partial(_classify, ctx)
     rows: list[dict] = [{"path": str(p), "error": e} for p, e in paths if e]
     images, ok = [], []
     for p, err in paths:
@@ -95,7 +107,7 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path]) -> list[dict]:
         except UNREADABLE as e:
             rows.append({"path": str(p), "error": f"cannot read image ({type(e).__name__}: {e})"})
     if images:
-        rows += _classify(ctx, ok, images)
+        rows += classify(ok, images)
     order = {str(p): i for i, (p, _) in enumerate(paths)}  # rows in the order given
     return sorted(rows, key=lambda r: order[r["path"]])
 
@@ -117,10 +129,23 @@ def _classify(ctx, paths: list[Path], images: list[torch.Tensor]) -> list[dict]:
     k = int(meta.get("num_known", model.num_classes))
     names = class_names(ctx, "supervised", meta)[:k]  # model label order: the known classes
     features, logits = _forward(model, batch, cfg.data.batch_size)
-    probs = logits[:, :k].softmax(1)
     score, unknown = _unknown(ctx.run_dir, features, logits, k)
     flagged = [] if unknown is None else unknown.nonzero().flatten().tolist()
     found = dict(zip(flagged, _discovered(ctx, batch[flagged], k) or [], strict=False))
+    return make_rows(paths, names, logits[:, :k].softmax(1), score, unknown, found)
+
+
+def make_rows(
+    paths: list[Path],
+    names: list[str],
+    probs: torch.Tensor,
+    score: torch.Tensor | None,
+    unknown: torch.Tensor | None,
+    found: dict[int, str],
+) -> list[dict]:
+    """The rows of the module docstring from known-class probabilities `[N, k]` (`names`: the k
+    known classes), the detector's scores / decisions `[N]` (None without a detector) and the
+    discovered class name of flagged image i, `found[i]`."""
     rows = []
     for i, p in enumerate(paths):
         known = names[int(probs[i].argmax())]

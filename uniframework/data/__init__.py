@@ -2,7 +2,7 @@
 
 from .datasets import ImageSet, build_datasets
 from .splits import UNKNOWN, OpenWorldSplit, build_split
-from .views import OpenWorldData, View, make_transform
+from .views import OpenWorldData, View, make_transform, resize_normalize
 
 __all__ = [
     "UNKNOWN",
@@ -13,4 +13,5 @@ __all__ = [
     "build_datasets",
     "build_split",
     "make_transform",
+    "resize_normalize",
 ]

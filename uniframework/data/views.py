@@ -9,6 +9,7 @@ small image sizes, where the per-image transforms cost more than the training st
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +26,22 @@ from .splits import UNKNOWN, OpenWorldSplit, build_split
 
 def make_transform(base: ImageSet, size: int, train: bool, augment: bool = True) -> v2.Compose:
     """uint8 [3, H, W] -> normalised float [3, size, size]; train adds pad-crop (+ flip)."""
-    steps: list = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    extra: list = []
     if train and augment:
-        steps.append(v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect"))
+        extra.append(v2.RandomCrop(size, padding=max(1, size // 8), padding_mode="reflect"))
         if base.hflip:
-            steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(base.mean, base.std)]
+            extra.append(v2.RandomHorizontalFlip())
+    return resize_normalize(size, base.mean, base.std, extra)
+
+
+def resize_normalize(
+    size: int, mean: Sequence[float], std: Sequence[float], augment: Sequence = ()
+) -> v2.Compose:
+    """uint8 [3, H, W] -> float [3, size, size]: shorter side resized to `size`, centre crop,
+    `augment`, scaled to [0, 1], normalised by `mean` / `std`. Without `augment` it is the test
+    view, which `predict` rebuilds for an exported model from the numbers in its metadata."""
+    steps: list = [v2.Resize(size, antialias=True), v2.CenterCrop(size), *augment]
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)
 
 

@@ -204,8 +204,10 @@ class KNNScorer(Scorer):
             raise RuntimeError("KNNScorer.score called before fit")
         bank = self.bank.to(features.device)
         q = F.normalize(features.float(), dim=1)
-        # chunk the queries so the [n, M] similarity matrix stays small
-        kth = [(part @ bank.T).topk(self.k, dim=1).values[:, -1] for part in q.split(self.chunk)]
+        # chunk the queries so the [n, M] similarity matrix stays small; one chunk when they fit
+        # (so an ONNX trace, export.py, holds no fixed-size Split that later batches would break)
+        parts = q.split(self.chunk) if len(q) > self.chunk else [q]
+        kth = [(part @ bank.T).topk(self.k, dim=1).values[:, -1] for part in parts]
         return -torch.cat(kth)
 
     def state_dict(self) -> dict[str, Tensor | int]:

@@ -69,6 +69,14 @@ def fit_weibull(values: np.ndarray | Tensor) -> WeibullParams:
     return WeibullParams(shape, loc, scale)
 
 
+def ranking_score(ratio: Tensor, energy: Tensor) -> Tensor:
+    """``WeibullIdentifier.score`` from its log density ratio ``[N]`` and the energies ``[N]``:
+    where the ratio saturates (+-LOG_RATIO_CAP) the energy breaks the tie (also the ONNX graph's,
+    ``uniframework.export``)."""
+    e = torch.as_tensor(energy, dtype=ratio.dtype, device=ratio.device)
+    return torch.where(ratio.abs() >= LOG_RATIO_CAP, ratio + e.clamp(-1e3, 1e3), ratio)
+
+
 class WeibullIdentifier:
     """Energy + Weibull unknown identifier. All inputs are energies ``E: [N]`` (see ``energy``).
 
@@ -128,9 +136,7 @@ class WeibullIdentifier:
         """Ranking score (higher = more unknown): the log density ratio, where it saturates
         (outside a Weibull's support, +-LOG_RATIO_CAP) broken by the energy itself, so samples
         far out on either side keep their order. Decisions (`predict_unknown`) are unchanged."""
-        r = self.log_density_ratio(energy)
-        e = torch.as_tensor(energy, dtype=r.dtype, device=r.device)
-        return torch.where(r.abs() >= LOG_RATIO_CAP, r + e.clamp(-1e3, 1e3), r)
+        return ranking_score(self.log_density_ratio(energy), energy)
 
     def predict_unknown(self, energy: Tensor) -> Tensor:
         """``[N]`` energies -> ``[N]`` bool, True where the unknown density wins."""
