@@ -10,6 +10,7 @@ from uniframework.openset.metrics import auroc
 from uniframework.openset.scores import (
     KNNScorer,
     MahalanobisScorer,
+    PoolKNNScorer,
     energy,
     energy_score,
     maxlogit_score,
@@ -57,6 +58,25 @@ def test_knn_hand():
     assert scorer.score(torch.tensor([[3.0, 0.0]]), None).item() == pytest.approx(-(0.5**0.5))
 
 
+def test_pool_knn_hand():
+    known = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]])
+    pool = torch.tensor([[0.0, 1.0], [0.1, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 0, 1, -1, -1, -1])
+    scorer = PoolKNNScorer(k=2).fit(torch.cat([known, pool]), None, labels)
+    q = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    # k-th (2nd) nearest cosine: [1, 0] to known {1, .995, 0} -> .995, to pool {0, .0995, .707}
+    # -> .0995; [0, 1] to known {0, .0995, 1} -> .0995, to pool {1, .995, .707} -> .995
+    c = 1 / (1.01**0.5)
+    want = torch.tensor([0.1 * c - c, c - 0.1 * c])
+    torch.testing.assert_close(scorer.score(q, None), want)
+    again = PoolKNNScorer.from_state_dict(scorer.state_dict())
+    torch.testing.assert_close(again.score(q, None), want)
+    small = PoolKNNScorer(k=50).fit(torch.cat([known, pool]), None, labels)
+    assert small.k == 3  # no more neighbours than the smaller bank holds
+    with pytest.raises(ValueError, match="pool samples"):
+        PoolKNNScorer().fit(known, None, torch.tensor([0, 0, 1]))
+
+
 def _toy(n: int, seed: int):
     """Two known classes along e1, e2 and unknowns along e3; logits = first two coordinates."""
     g = torch.Generator().manual_seed(seed)
@@ -76,10 +96,11 @@ def test_registry_and_make_scorer():
 @pytest.mark.parametrize("name", sorted(SCORERS))
 def test_every_scorer_ranks_unknowns_higher(name):
     f, logits, y = _toy(240, seed=0)
-    kw = {"k": 5} if name == "knn" else {}
+    kw = {"k": 5} if name.startswith("knn") else {}
     known = y >= 0
-    # feature scorers fit on knowns only; energy_weibull also sees the auto-labelled unknowns
-    fit_rows = slice(None) if name == "energy_weibull" else known
+    # feature scorers fit on knowns only; energy_weibull also sees the auto-labelled unknowns,
+    # knn_pool the pool (label -1)
+    fit_rows = slice(None) if name in ("energy_weibull", "knn_pool") else known
     scorer = make_scorer(name, **kw).fit(f[fit_rows], logits[fit_rows], y[fit_rows])
     f2, logits2, y2 = _toy(90, seed=1)
     s = scorer.score(f2, logits2)

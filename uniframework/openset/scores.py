@@ -11,6 +11,8 @@ Feature scorers (fitted on the known training features ``[M, D]``):
 
 - Mahalanobis (Lee et al., NeurIPS 2018): class means, one tied covariance (Ledoit-Wolf).
 - KNN (Sun et al., ICML 2022): cosine similarity to the k-th nearest normalised training feature.
+- KNN against the pool (``knn_pool``): the k-th nearest similarity to the unlabelled pool minus
+  that to the known training features (the pool as outlier exposure, no training).
 
 Every scorer object follows one protocol, so the open-set stage can pick one by name::
 
@@ -219,4 +221,51 @@ class KNNScorer(Scorer):
     def from_state_dict(cls, state: dict) -> KNNScorer:
         scorer = cls(k=int(state["k"]))
         scorer.bank = state["bank"].float()
+        return scorer
+
+
+@register_scorer("knn_pool")
+class PoolKNNScorer(Scorer):
+    """KNN against two banks: ``cos(f, p_(k)) - cos(f, z_(k))``, the k-th nearest similarity to
+    the unlabelled pool's normalised features minus that to the labelled known ones.
+
+    Sun et al.'s KNN asks only "how far is the k-th known neighbour?"; an open world also holds
+    an unlabelled pool, which contains the new classes. An image whose neighbourhood is pool
+    rather than labelled data is likely new — outlier exposure from the pool without training
+    (and without picking which pool images are unknown: known images in a mixed pool sit near
+    labelled ones too, so they score near 0). ``fit(features, logits, labels)``: ``labels >= 0``
+    rows form the known bank, ``-1`` rows the pool bank.
+    """
+
+    def __init__(self, k: int = 50) -> None:
+        self.k = k
+        self.known: KNNScorer | None = None
+        self.pool: KNNScorer | None = None
+
+    def fit(
+        self, features: Tensor | None, logits: Tensor | None = None, labels: Tensor | None = None
+    ) -> PoolKNNScorer:
+        if labels is None or not bool((labels < 0).any()):
+            raise ValueError("PoolKNNScorer needs pool samples (label -1) beside the known ones")
+        known, pool = features[labels >= 0], features[labels < 0]
+        self.k = max(1, min(self.k, len(known), len(pool)))  # a small pool: its k-th at most
+        self.known, self.pool = KNNScorer(self.k).fit(known), KNNScorer(self.k).fit(pool)
+        return self
+
+    def score(self, features: Tensor | None, logits: Tensor | None = None) -> Tensor:
+        if self.known is None or self.pool is None:
+            raise RuntimeError("PoolKNNScorer.score called before fit")
+        # KNNScorer.score = -cos to the k-th neighbour: known's minus pool's
+        return self.known.score(features) - self.pool.score(features)
+
+    def state_dict(self) -> dict[str, Tensor | int]:
+        if self.known is None or self.pool is None:
+            raise RuntimeError("PoolKNNScorer.state_dict called before fit")
+        return {"k": self.k, "bank": self.known.bank, "pool_bank": self.pool.bank}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> PoolKNNScorer:
+        scorer = cls(k=int(state["k"]))
+        scorer.known = KNNScorer.from_state_dict({"k": state["k"], "bank": state["bank"]})
+        scorer.pool = KNNScorer.from_state_dict({"k": state["k"], "bank": state["pool_bank"]})
         return scorer

@@ -2,6 +2,7 @@
 
 Fitting data (no novel label is ever used):
 - the labelled known train images (clean views): class statistics for Mahalanobis, the KNN bank;
+- `knn_pool` also keeps the whole unlabelled pool as a second bank (`scores.PoolKNNScorer`);
 - the held-out known images (`val`) and ORE-style *auto-labelled unknowns*: the fraction of the
   unlabelled pool the model judges least known (highest energy) — the Weibull fits of ORE.
 Evaluation: test images of the known classes (known) against those of the novel ones (unknown).
@@ -37,7 +38,9 @@ from .weibull import EnergyWeibullScorer, fit_weibull
 log = logging.getLogger(__name__)
 
 PARTS = ("labelled", "val", "unlabelled", "test")
-ScorerName = Literal["msp", "maxlogit", "energy", "energy_weibull", "mahalanobis", "knn"]
+ScorerName = Literal[
+    "msp", "maxlogit", "energy", "energy_weibull", "mahalanobis", "knn", "knn_pool"
+]
 
 
 class OpensetOptions(Section):
@@ -51,6 +54,7 @@ class OpensetOptions(Section):
             "energy_weibull",
             "mahalanobis",
             "knn",
+            "knn_pool",
         ]
     )
     detector: ScorerName = "energy_weibull"  # saved for predict / discover
@@ -109,7 +113,7 @@ def _scorer(name: str, opts: OpensetOptions, num_known: int):
         return EnergyWeibullScorer(temperature=opts.temperature, num_known=num_known)
     if name == "energy":
         return make_scorer(name, temperature=opts.temperature)
-    return make_scorer(name, k=opts.knn_k) if name == "knn" else make_scorer(name)
+    return make_scorer(name, k=opts.knn_k) if name.startswith("knn") else make_scorer(name)
 
 
 @STAGES.register("openset")
@@ -153,12 +157,17 @@ class OpensetStage:
             "logits": torch.cat([val["logits"], pool["logits"][auto]]),
             "labels": torch.cat([val["labels"], torch.full((len(auto),), -1)]),
         }
+        banks = {  # knn_pool: the labelled knowns and the whole pool (labels hidden)
+            "features": torch.cat([train["features"], pool["features"]]),
+            "logits": None,
+            "labels": torch.cat([train["labels"], torch.full((len(pool["labels"]),), -1)]),
+        }
         is_unknown = test["labels"] >= split.num_known
         known_correct = test["logits"].argmax(1) == test["labels"]
         metrics, scores, fitted = {}, {}, {}
         for name in opts.scorers:
             scorer = _scorer(name, opts, split.num_known)
-            fit_on = calib if name == "energy_weibull" else train
+            fit_on = {"energy_weibull": calib, "knn_pool": banks}.get(name, train)
             scorer.fit(fit_on["features"], fit_on["logits"], fit_on["labels"])
             det = Detector.fit(name, scorer, k, val["features"], val["logits"])
             s, pred = det.decide(test["features"], test["logits"])
