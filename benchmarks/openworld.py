@@ -38,12 +38,27 @@ from uniframework.pipeline import run
 
 OUT = Path("benchmarks/out")
 LOOPS = {"demo": "configs/demo.yaml", "cifar10-mini": "configs/openworld-cifar10-mini.yaml"}
-AIMS = [  # (metric, aim, label)
-    ("supervised.known_acc", 0.97, "known accuracy"),
-    ("openset.auroc", 0.95, "unknown AUROC (chosen detector)"),
-    ("discover.novel_acc", 0.90, "novel clustering accuracy (detected pool)"),
-    ("incremental.all_acc", 0.90, "final accuracy, all classes"),
-]
+AIMS = {  # loop -> [(metric, aim, label)]
+    "demo": [
+        ("supervised.known_acc", 0.97, "known accuracy"),
+        ("openset.auroc", 0.95, "unknown AUROC (chosen detector)"),
+        ("discover.novel_acc", 0.90, "novel clustering accuracy (detected pool)"),
+        ("incremental.all_acc", 0.90, "final accuracy, all classes"),
+    ],
+    "cifar10-mini": [  # the real-photo issue's absolute aims
+        ("supervised.known_acc", 0.85, "known accuracy"),
+        ("openset.auroc", 0.75, "unknown AUROC (chosen detector)"),
+        ("discover.novel_acc", 0.80, "novel clustering accuracy (pool)"),
+        ("incremental.all_acc", 0.65, "final accuracy, all classes"),
+        ("incremental.old_acc", 0.70, "  old classes"),
+    ],
+}
+MARGINS = {  # the loop must beat the baseline by at least this much (real-photo issue)
+    "supervised.known_acc": 0.05,
+    "openset.auroc": 0.10,
+    "discover.novel_acc": 0.10,
+    "incremental.all_acc": 0.30,
+}
 SCORERS = ["msp", "maxlogit", "energy", "energy_weibull", "mahalanobis", "knn"]
 SIDE_BY_SIDE = [  # (metric, label); the baseline's `openset.auroc` is its energy score's
     ("supervised.known_acc", "known accuracy"),
@@ -87,7 +102,7 @@ def main() -> None:
         results[name] = {"metrics": m, "wall_s": wall, "seconds": seconds, "peak_gb": peak_gb}
         print(f"\n{name} ({config} {' '.join(args.overrides)}):")
         print("| figure | aim | measured |\n|---|---|---|")
-        for key, aim, label in AIMS:
+        for key, aim, label in AIMS[name]:
             got = m.get(key)
             cell = "–" if got is None else f"{got:.3f}" + (" (met)" if got >= aim else "")
             print(f"| {label} (`{key}`) | >= {aim} | {cell} |")
@@ -131,7 +146,7 @@ def side_by_side(name, config, cfg, overrides, out, wall) -> dict:
         if saved.is_file() and yaml.safe_load(saved.read_text()) != cfg.to_dict():
             print(f"warning: {out} was run with another config than {config} {overrides}")
     print(f"\n{name}: loop ({out}) vs baseline (benchmarks/baseline.py, 32 px, pool: {pool})")
-    print("| figure | loop | baseline | loop − baseline |\n|---|---|---|---|")
+    print("| figure | loop | baseline | loop − baseline | margin aim |\n|---|---|---|---|---|")
 
     def cell(x, fmt="{:.3f}"):
         return "–" if x is None else fmt.format(x)
@@ -139,15 +154,19 @@ def side_by_side(name, config, cfg, overrides, out, wall) -> dict:
     for key, label in SIDE_BY_SIDE:
         a, b = loop.get(key), base.get(key)
         margin = None if a is None or b is None else a - b
-        print(f"| {label} | {cell(a)} | {cell(b)} | {cell(margin, '{:+.3f}')} |")
+        want = MARGINS.get(key)
+        met = want is not None and margin is not None and margin >= want
+        aim = "" if want is None else f">= +{want:.2f}" + (" (met)" if met else "")
+        print(f"| {label} | {cell(a)} | {cell(b)} | {cell(margin, '{:+.3f}')} | {aim} |")
     sizes = [m.get("discover.pool_size") for m in (loop, base)]
-    print(f"| discover pool (images) | {cell(sizes[0], '{:.0f}')} | {cell(sizes[1], '{:.0f}')} | |")
+    size_cells = f"{cell(sizes[0], '{:.0f}')} | {cell(sizes[1], '{:.0f}')}"
+    print(f"| discover pool (images) | {size_cells} | | |")
     for stage in [*STAGES, "total"]:
         a = wall if stage == "total" else loop_s.get(stage)
         b = sum(base_s.values()) if stage == "total" else base_s.get(stage)
         margin = None if a is None or b is None else a - b
         print(f"| seconds, {stage} | {cell(a, '{:.0f}')} | {cell(b, '{:.0f}')} | "
-              f"{cell(margin, '{:+.0f}')} |")  # fmt: skip
+              f"{cell(margin, '{:+.0f}')} | |")  # fmt: skip
     print(f"(baseline total includes {base_s['load']:.0f} s loading the split into memory; "
           f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB, "
           "this process so far)")  # fmt: skip
