@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 # What tests may read from the checkout, linked into each test's working directory.
 SHARED = ["configs", "README.md"]
 # What a run writes in its working directory; the checkout's copies must survive the suite.
-RUN_OUTPUT = ["runs", "lightning_logs", "mlruns"]
+RUN_OUTPUT = ["runs", "lightning_logs", "mlruns", "mlflow.db"]
 
 # Small, quick and deterministic: 8 px digits, a 1.2 M-parameter ResNet, 3 epochs.
 TINY = [
@@ -48,6 +48,9 @@ def _work_in_a_temporary_directory(tmp_path_factory, monkeypatch):
 def _snapshot() -> dict[str, tuple[int, int]]:
     out = {}
     for name in RUN_OUTPUT:
+        if (REPO / name).is_file():  # MLflow's default store
+            st = os.stat(REPO / name)
+            out[str(REPO / name)] = (st.st_size, st.st_mtime_ns)
         for root, _dirs, files in os.walk(REPO / name):
             for f in files:
                 st = os.stat(os.path.join(root, f))

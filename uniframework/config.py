@@ -70,7 +70,8 @@ class ModelConfig(Section):
 
 
 class TrainerConfig(Section):
-    """Passed through to `lightning.Trainer` (same names)."""
+    """Passed through to `lightning.Trainer` (same names), but `logger` picks the loggers by name
+    and `mlflow_uri` is where the `mlflow` logger writes (`uniframework.tracking`)."""
 
     accelerator: str = "auto"
     devices: int | str | list[int] = 1
@@ -90,6 +91,12 @@ class TrainerConfig(Section):
     log_every_n_steps: int = Field(10, ge=1)
     deterministic: bool | Literal["warn"] = "warn"
     enable_progress_bar: bool = True
+    # CSV is always written (logs/<stage>/csv); tensorboard adds logs/<stage>/tensorboard,
+    # mlflow adds one MLflow run per run directory (needs the `mlflow` extra), csv adds nothing
+    logger: Literal["tensorboard", "mlflow", "csv"] = "tensorboard"
+    # MLflow tracking URI; None = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (MLflow 3's own
+    # default). A relative sqlite path is resolved against the working directory.
+    mlflow_uri: str | None = Field(None, min_length=1)
 
 
 class Config(Section):

@@ -21,7 +21,8 @@ log = logging.getLogger("uniframework")
 
 DEPENDENCIES = (
     r"(lightning|lightning_fabric|lightning_utilities|pytorch_lightning|torch|torchvision|timm"
-    r"|torchmetrics|sklearn|matplotlib|tensorboard|google|pydantic)(\..*)?$"
+    r"|torchmetrics|sklearn|matplotlib|tensorboard|google|pydantic|mlflow|alembic|sqlalchemy)"
+    r"(\..*)?$"
 )
 _verbosity = 0
 

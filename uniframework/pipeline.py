@@ -34,6 +34,7 @@ from .io import (
 from .models import Classifier, build_classifier
 from .registry import STAGES
 from .rundir import check_reuse, clear_run_dir, config_hash, read_saved_config
+from .tracking import MlflowRun, mlflow_run
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,26 @@ def run(
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    ctx = RunContext(cfg, run_dir)
+    with mlflow_run(cfg, run_dir, state, tree) as tracked:
+        _run_stages(RunContext(cfg, run_dir), stages, state, metrics, tree, tracked)
+        if rank_zero_only.rank == 0:
+            from .report import try_write_report  # imported here: report.py imports pipeline
+
+            try_write_report(run_dir)
+    return metrics
+
+
+def _run_stages(
+    ctx: RunContext,
+    stages: list,
+    state: dict,
+    metrics: dict,
+    tree: dict,
+    tracked: MlflowRun | None,
+) -> None:
+    """Run the stages not done yet; after each, rank 0 records its results (`metrics.json`,
+    `state.json`, and the MLflow run when there is one)."""
+    cfg, run_dir = ctx.cfg, ctx.run_dir
     for name, opts in stages:
         if name in state["done"]:
             log.info(
@@ -157,14 +177,11 @@ def run(
         state.setdefault("config_of", {})[name] = config_hash(tree)
         write_json(run_dir / "metrics.json", metrics)
         write_json(run_dir / "state.json", state)
+        if tracked is not None:
+            tracked.log_stage(name, result, run_dir)
         log.info(  # the stage logs its headline; every figure goes to metrics.json
             "stage %s: done in %.1f s (%d metrics)", name, state["seconds"][name], len(result)
         )
-    if rank_zero_only.rank == 0:
-        from .report import try_write_report  # imported here: report.py imports pipeline
-
-        try_write_report(run_dir)
-    return metrics
 
 
 def _barrier() -> None:

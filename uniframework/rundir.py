@@ -32,6 +32,8 @@ HARMLESS = {
     "trainer.strategy",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
+    "trainer.logger",
+    "trainer.mlflow_uri",
 }
 HARMLESS_STAGE_OPTIONS = {"figures"}
 

@@ -12,12 +12,13 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from . import console
 from .config import TrainerConfig
 from .io import AtomicCheckpointIO
+from .tracking import stage_logger
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ def make_trainer(
     max_epochs: int | None = None,
     monitor: str | None = None,
 ) -> L.Trainer:
-    """A Trainer writing `checkpoints/<stage>/{last,best}.ckpt` and `logs/<stage>/` (CSV + TB)."""
+    """A Trainer writing `checkpoints/<stage>/{last,best}.ckpt` and `logs/<stage>/` (CSV, and
+    TensorBoard or the run's MLflow run by `trainer.logger`)."""
     ckpt = ModelCheckpoint(
         dirpath=run_dir / "checkpoints" / stage,
         filename="best" if monitor else "last",
@@ -42,7 +44,6 @@ def make_trainer(
         enable_version_counter=False,
     )
     ckpt.CHECKPOINT_NAME_LAST = "last"
-    logs = run_dir / "logs"
     bar, progress = console.progress(cfg.enable_progress_bar, stage)
     return L.Trainer(
         accelerator=cfg.accelerator,
@@ -64,13 +65,21 @@ def make_trainer(
         enable_model_summary=console.verbose(),
         num_sanity_val_steps=0,
         callbacks=[RngState(), ckpt, *progress],
-        logger=[
-            CSVLogger(logs / stage, name="", version=_fresh(logs / stage, "csv")),
-            TensorBoardLogger(logs / stage, name="", version="tensorboard"),
-        ],
+        logger=_loggers(cfg, run_dir, stage),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
     )
+
+
+def _loggers(cfg: TrainerConfig, run_dir: Path, stage: str) -> list[Logger]:
+    """CSV always (the run directory's own record), plus the one `trainer.logger` names."""
+    folder = run_dir / "logs" / stage
+    loggers: list[Logger] = [CSVLogger(folder, name="", version=_fresh(folder, "csv"))]
+    if cfg.logger == "tensorboard":
+        loggers.append(TensorBoardLogger(folder, name="", version="tensorboard"))
+    elif cfg.logger == "mlflow" and (mlflow := stage_logger(run_dir, stage)) is not None:
+        loggers.append(mlflow)
+    return loggers
 
 
 class RngState(Callback):

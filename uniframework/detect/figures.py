@@ -7,6 +7,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
+from torchvision.ops import batched_nms
 
 from ..plotting import save_figure
 from .datasets import DetectionSet
@@ -14,28 +15,52 @@ from .metrics import UNKNOWN
 
 
 def plot_detections(
-    data: DetectionSet, detections: Sequence[dict], path: Path, min_score: float = 0.3
+    data: DetectionSet,
+    detections: Sequence[dict],
+    path: Path,
+    min_score: float = 0.3,
+    unknown_classes: Sequence[int] = (),
 ) -> None:
     """Up to 6 images with their detections above `min_score`: known classes in green with
-    the class name, "unknown" in red (dataset labels, -1 = unknown)."""
+    the class name, "unknown" in red (dataset labels, -1 = unknown); ground-truth objects of
+    `unknown_classes` (never known) get a dashed white outline, so a red box can be judged.
+    The detector keeps a box per class (per-class NMS): here each object shows at most its best
+    known box and its best unknown box (NMS at IoU 0.5 within each group)."""
     n = min(6, len(data))
     fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False)
     for ax, i in zip(axes[0], range(n)):
         ax.imshow(data.load(i).permute(1, 2, 0).numpy())
-        d = detections[i]
+        for box, label in zip(data.targets[i]["boxes"], data.targets[i]["labels"]):
+            if int(label) in unknown_classes:
+                _box(ax, box, ec="white", lw=1, ls="--")
+        d = _one_per_object(detections[i], min_score)
         for box, label, score in zip(d["boxes"], d["labels"], d["scores"]):
-            if float(score) < min_score:
-                continue
-            x1, y1, x2, y2 = (float(v) for v in box)
             unk = int(label) == UNKNOWN
             colour = "red" if unk else "lime"
-            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.2, ec=colour))
+            _box(ax, box, ec=colour, lw=1.5)
             name = "unknown" if unk else data.classes[int(label)]
-            ax.text(x1, y1 - 1, f"{name} {float(score):.2f}", color=colour, fontsize=6)
+            tag = {"fc": colour, "ec": "none", "pad": 0.8, "alpha": 0.85}
+            text = f"{name} {float(score):.2f}"
+            ax.text(float(box[0]), float(box[1]) - 1, text, fontsize=7, bbox=tag, va="bottom",
+                    color="white" if unk else "black")  # fmt: skip
         ax.set_title(data.names[i], fontsize=7)
         ax.axis("off")
-    fig.suptitle("detections (green: known, red: unknown)", fontsize=9)
+    fig.suptitle("detections (green: known, red: unknown; dashed: a never-known digit)", fontsize=9)
     save_figure(fig, path)
+
+
+def _box(ax: plt.Axes, box, **style) -> None:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, **style))
+
+
+def _one_per_object(d: dict, min_score: float) -> dict:
+    """Detections above `min_score`, NMS at IoU 0.5 among the known and among the unknown ones."""
+    keep = d["scores"] >= min_score
+    d = {k: d[k][keep] for k in ("boxes", "labels", "scores")}
+    group = (d["labels"] == UNKNOWN).long()  # batched_nms: boxes suppress within their group
+    kept = batched_nms(d["boxes"].float(), d["scores"].float(), group, 0.5)
+    return {k: v[kept] for k, v in d.items()}
 
 
 def plot_owod_metrics(per_task: Sequence[dict[str, float]], path: Path) -> None:

@@ -261,7 +261,8 @@ class DetectStage:
 
             sample = test.subset(range(min(6, len(test))))
             dets = detect_all(model, sample, scorer, order, device, opts.batch_size)
-            plot_detections(sample, dets, run_dir / "detect" / "detections.png")
+            never = protocol.unknown(len(protocol.tasks) - 1)
+            plot_detections(sample, dets, run_dir / "detect" / "detections.png", 0.3, never)
             plot_owod_metrics(per_task, run_dir / "detect" / "owod_metrics.png")
         return metrics
 
