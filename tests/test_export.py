@@ -117,7 +117,13 @@ def _fitted(name: str, ctx, k: int) -> Detector:
     if name == "energy_weibull_known_only":  # the fallback: no unknown fit, F_known < alpha
         scorer = EnergyWeibullScorer(temperature=1.5, num_known=k).fit(f, logits, None)
         return Detector.fit("energy_weibull", scorer, k, f, logits)
-    kwargs = {"k": 5} if name == "knn" else {"temperature": 1.5} if name == "energy" else {}
+    kwargs = {"k": 5} if name.startswith("knn") else {}
+    kwargs = {"temperature": 1.5} if name == "energy" else kwargs
+    if name == "knn_pool":  # the second bank: the unlabelled pool (labels hidden, -1)
+        pool = extract(model, ctx.data.loader(ctx.data.view("unlabelled")))["features"]
+        banks = torch.cat([f, pool]), torch.cat([y, torch.full((len(pool),), -1)])
+        scorer = make_scorer(name, **kwargs).fit(banks[0], None, banks[1])
+        return Detector.fit(name, scorer, k, f, logits)
     scorer = make_scorer(name, **kwargs).fit(f, logits, y)
     return Detector.fit(name, scorer, k, f, logits)
 
@@ -130,6 +136,7 @@ def _fitted(name: str, ctx, k: int) -> Detector:
         "energy",
         "mahalanobis",
         "knn",
+        "knn_pool",
         "energy_weibull",
         "energy_weibull_known_only",
     ],

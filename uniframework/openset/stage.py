@@ -165,7 +165,15 @@ class OpensetStage:
         is_unknown = test["labels"] >= split.num_known
         known_correct = test["logits"].argmax(1) == test["labels"]
         metrics, scores, fitted = {}, {}, {}
-        for name in opts.scorers:
+        scorers = list(opts.scorers)
+        if len(pool["labels"]) == 0 and "knn_pool" in scorers:
+            if opts.detector == "knn_pool":
+                raise UserError(
+                    "stages.openset.detector = knn_pool needs an unlabelled pool, and this "
+                    "split has none: choose another detector"
+                )
+            scorers.remove("knn_pool")  # nothing to compare with
+        for name in scorers:
             scorer = _scorer(name, opts, split.num_known)
             fit_on = {"energy_weibull": calib, "knn_pool": banks}.get(name, train)
             scorer.fit(fit_on["features"], fit_on["logits"], fit_on["labels"])
