@@ -59,7 +59,7 @@ MARGINS = {  # the loop must beat the baseline by at least this much (real-photo
     "discover.novel_acc": 0.10,
     "incremental.all_acc": 0.30,
 }
-SCORERS = ["msp", "maxlogit", "energy", "energy_weibull", "mahalanobis", "knn"]
+SCORERS = ["msp", "maxlogit", "energy", "energy_weibull", "mahalanobis", "knn", "knn_pool"]
 SIDE_BY_SIDE = [  # (metric, label); the baseline's `openset.auroc` is its energy score's
     ("supervised.known_acc", "known accuracy"),
     ("openset.auroc", "unknown AUROC (loop: chosen detector; baseline: energy)"),
