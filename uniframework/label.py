@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import secrets
+import signal
 import threading
 import webbrowser
 from functools import partial
@@ -310,6 +311,10 @@ def make_server(run_dir: str | Path, port: int = 0) -> ThreadingHTTPServer:
     return server
 
 
+def _stop(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(run_dir: str | Path, port: int = 0, open_browser: bool = False) -> int:
     """The CLI command: serve until Ctrl-C, then stop cleanly (exit 0)."""
     server = make_server(run_dir, port)
@@ -317,6 +322,10 @@ def serve(run_dir: str | Path, port: int = 0, open_browser: bool = False) -> int
     print(f"label page: {url}  (Ctrl-C to stop; saving writes discover/{LABELS})", flush=True)
     if open_browser:
         webbrowser.open(url)
+    # Ctrl-C (and a plain `kill`) stop the page even where the shell started us with SIGINT
+    # ignored (a background job of a non-interactive shell), which Python would keep
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
