@@ -169,7 +169,7 @@ class OpenWorldData:
         augments whole batches — flip where allowed, translation by up to `data.translate` px
         (None = the per-image path's pad, image_size // 8) and `data.cutout` — when
         `data.augment`."""
-        base, cfg = base or self.train, self.cfg
+        base, cfg = (self.train if base is None else base), self.cfg
         tf = make_transform(base, cfg.image_size, train, cfg.augment)
         if not cfg.batched:
             return View(base, index, labels, tf)
