@@ -130,8 +130,9 @@ def run(
         state["done"] = [s for s in state["done"] if s not in redo]
         metrics = {k: v for k, v in metrics.items() if k.split(".")[0] not in redo}
         if rank_zero_only.rank == 0:
-            for s in redo:  # forget their checkpoints, so nothing resumes
-                shutil.rmtree(run_dir / "checkpoints" / s, ignore_errors=True)
+            for s in redo:  # forget their checkpoints (and sub-trainings'), so nothing resumes
+                for path in [run_dir / "checkpoints" / s, *run_dir.glob(f"checkpoints/{s}_*/")]:
+                    shutil.rmtree(path, ignore_errors=True)
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")

@@ -31,12 +31,13 @@ def make_trainer(
     monitor: str | None = None,
 ) -> L.Trainer:
     """A Trainer writing `checkpoints/<stage>/{last,best}.ckpt` and `logs/<stage>/` (CSV, and
-    TensorBoard or the run's MLflow run by `trainer.logger`)."""
+    TensorBoard or the run's MLflow run by `trainer.logger`); best = highest `monitor`, lowest
+    when it is a loss."""
     ckpt = ModelCheckpoint(
         dirpath=run_dir / "checkpoints" / stage,
         filename="best" if monitor else "last",
         monitor=monitor,
-        mode="max",
+        mode="min" if monitor and monitor.endswith("loss") else "max",
         # Lightning (>= 2.5) writes `last` only in a step that also wrote a top-k file; without
         # a monitor the one top-k file, the latest epoch's, is `last.ckpt` itself
         save_top_k=1,

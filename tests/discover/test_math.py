@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from uniframework.discover.clustering import (
+    estimate_by_silhouette,
     estimate_num_classes,
     estimate_num_novel,
     kmeans,
@@ -135,3 +136,18 @@ def test_the_gcd_estimate_finds_the_number_of_separated_clusters():
     n, scores = estimate_num_classes(labelled, y, pool, max_novel=8)
     assert n == 5, scores
     assert scores[5] == 1.0 and min(scores.values()) < 1.0
+
+
+def test_the_silhouette_estimate_finds_separated_clusters_and_prefers_the_finer_tie():
+    eye = np.eye(9)
+    pool, _ = _blobs(eye[:5], 30, seed=3)  # 5 novel directions
+    n, scores = estimate_by_silhouette(pool, range(1, 9))
+    assert n == 5 and 1 not in scores, scores  # one cluster has no silhouette
+    assert scores[5] == max(scores.values()) and scores[6] < scores[5] - 0.02
+    # two of the five nearly merged: the argmax says 4, the tolerance keeps the finer 5
+    close = eye[:5].copy()
+    close[4] = 0.9 * eye[3] + np.sqrt(1 - 0.9**2) * eye[4]  # cosine 0.9
+    pool = _blobs(close, 30, seed=4)[0]
+    assert estimate_by_silhouette(pool, range(2, 9), tolerance=0.0)[0] == 4
+    n, scores = estimate_by_silhouette(pool, range(2, 9), tolerance=0.05)
+    assert n == 5, scores

@@ -1,6 +1,7 @@
 """The `discover` stage on the embedded digits: metrics, artifacts, both pool protocols."""
 
 import pytest
+import torch
 
 from uniframework.config import load_config
 from uniframework.errors import UserError
@@ -101,3 +102,33 @@ def test_gcd_fine_tunes_then_clusters_with_the_centres_as_the_head(tmp_path):
     model, meta = RunContext(cfg, tmp_path).load_classifier("discover")
     assert model.num_classes == 10 and meta["num_novel"] == 5
     assert (tmp_path / "logs/discover/csv/metrics.csv").is_file()  # it trained
+
+
+def test_the_overclustered_estimate_trains_first_then_goes_on_with_its_count(tmp_path):
+    cfg = _config("openmix")
+    cfg.stages[2]["discover"].update(
+        pool="detected",
+        num_novel="auto",
+        max_novel=6,
+        estimator="silhouette",
+        estimate_on="overclustered",
+        estimate_epochs=1,
+    )
+    metrics = run(cfg, tmp_path)
+    n = metrics["discover.num_novel_est"]
+    assert 2 <= n <= 6 and metrics["discover.num_novel"] == n
+    model, meta = RunContext(cfg, tmp_path).load_classifier("discover")
+    assert model.num_classes == 5 + n and meta["num_novel"] == n  # the head follows the count
+    assert (tmp_path / "checkpoints/discover_estimate/last.ckpt").is_file()
+    # redoing discover forgets the over-counting run too, so nothing stale resumes
+    cfg.stages[2]["discover"]["estimate_epochs"] = 2
+    run(cfg, tmp_path, restart_from="discover")
+    ckpt = torch.load(tmp_path / "checkpoints/discover_estimate/last.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 1  # Lightning counts from 0: two epochs, not the stale one
+
+
+def test_the_overclustered_estimate_needs_a_trained_head(tmp_path):
+    cfg = _config("kmeans")
+    cfg.stages[2]["discover"].update(num_novel="auto", estimate_on="overclustered")
+    with pytest.raises(UserError, match="overclustered trains the novel head first"):
+        run(cfg, tmp_path)

@@ -169,3 +169,29 @@ def estimate_num_classes(
     best = max(scores.values())
     k = max(k for k, v in scores.items() if v >= best - tolerance)
     return k - num_known, {k - num_known: v for k, v in sorted(scores.items())}
+
+
+def estimate_by_silhouette(
+    pool: torch.Tensor,
+    candidates: range,
+    seed: int = 0,
+    tolerance: float = 0.02,
+    max_points: int = 3000,
+) -> tuple[int, dict[int, float]]:
+    """The number of novel classes from the unknown pool images' features [P, D] alone: k-means
+    for each count n in `candidates` (n >= 2), scored by the silhouette (cosine, Rousseeuw
+    1987). The answer is the **largest** n whose silhouette is within `tolerance` of the best:
+    the finest partition that is still about as well separated. (Splitting a real class lowers
+    the silhouette sharply; merging two close ones lowers it little, so the plain argmax leans
+    to too few classes.) Returns n and every candidate's score."""
+    rng = np.random.default_rng(seed)
+    x = pool[rng.permutation(len(pool))[:max_points]]
+    scores = {}
+    for n in candidates:
+        if 2 <= n < len(x):
+            labels = kmeans(x, n, seed, n_init=3).labels_
+            scores[n] = float(silhouette_score(normalise(x), labels, metric="cosine"))
+    if not scores:
+        raise ValueError(f"no candidate count in {candidates} fits {len(x)} pool images")
+    best = max(scores.values())
+    return max(n for n, v in scores.items() if v >= best - tolerance), scores

@@ -9,8 +9,16 @@ Which images (option `pool`):
   (Generalized Category Discovery, Vaze et al. CVPR 2022: the pool mixes known and novel).
 How many novel classes (option `num_novel`): a number, `null` = the split's true count (given),
 or `auto` = estimated (`estimator`: `gcd` = `clustering.estimate_num_classes`, GCD's Brent
-search on the labelled images' clustering accuracy; `dtc` = `clustering.estimate_num_novel`),
-reported as `num_novel_est` beside the truth `num_novel_true`.
+search on the labelled images' clustering accuracy; `dtc` = `clustering.estimate_num_novel`;
+`silhouette` = `clustering.estimate_by_silhouette`, on the unknown pool images alone),
+reported as `num_novel_est` beside the truth `num_novel_true`. Which features the estimator
+reads (`estimate_on`): `supervised` (the supervised model's, or GCD's fine-tuned ones), or
+`overclustered`: the method (OpenMix / Sinkhorn) is first trained for `estimate_epochs` with
+`max_novel` novel outputs, a deliberate over-count, and the count is estimated on that model's
+features; training then goes on from it with the estimated count (novel head re-seeded by
+k-means). A network trained only on the known classes folds the novel ones together (on the
+supervised features every criterion sees ~2 novel clusters where there are 5, BENCHMARKS.md);
+a few epochs of self-labelling with room for too many classes pull them apart first.
 Methods (option `method`): `openmix` (OpenMix), `kmeans`, `sinkhorn` (UNO-style head),
 `sskmeans` (GCD's semi-supervised k-means: labelled images keep their class), `gcd` (GCD:
 contrastive fine-tuning on labelled + pool images first (`gcd.py`), then the class count and
@@ -45,6 +53,7 @@ from ..registry import STAGES
 from ..training import extract, fit, make_trainer
 from .clustering import (
     assign,
+    estimate_by_silhouette,
     estimate_num_classes,
     estimate_num_novel,
     kmeans,
@@ -62,8 +71,13 @@ class DiscoverOptions(Section):
     method: Literal["openmix", "kmeans", "sinkhorn", "sskmeans", "gcd"] = "openmix"
     pool: Literal["novel", "detected", "all"] = "novel"
     num_novel: int | Literal["auto"] | None = None  # None = the split's true count
-    estimator: Literal["gcd", "dtc"] = "gcd"  # how `auto` counts the novel classes
+    # how `auto` counts the novel classes; `silhouette` = `clustering.estimate_by_silhouette`
+    estimator: Literal["gcd", "dtc", "silhouette"] = "gcd"
+    # gcd / silhouette: the largest count within this of the best score (None: 0.01 / 0.02)
+    estimate_tolerance: float | None = Field(None, ge=0)
     max_novel: int = Field(10, ge=1)  # largest count tried by `auto`
+    estimate_on: Literal["supervised", "overclustered"] = "supervised"
+    estimate_epochs: int = Field(15, ge=1)  # overclustered: epochs with max_novel outputs
     max_epochs: int | None = Field(None, ge=1)  # None = trainer.max_epochs
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
@@ -125,13 +139,32 @@ class DiscoverStage:
         labelled = None
         if opts.num_novel == "auto" or opts.method in ("sskmeans", "gcd"):
             labelled = extract(model, data.loader(data.view("labelled")))
+        overclustered = opts.num_novel == "auto" and opts.estimate_on == "overclustered"
+        if overclustered:
+            if opts.method not in ("openmix", "sinkhorn"):
+                raise UserError(
+                    "stages.discover.estimate_on = overclustered trains the novel head first: "
+                    "use method openmix or sinkhorn, or estimate_on: supervised"
+                )
+            km = kmeans(pool["features"], opts.max_novel, seed=ctx.cfg.seed)
+            centres = torch.from_numpy(km.cluster_centers_).float()
+            model = novel_head(supervised, k, opts.max_novel, centres)
+            index = pool["index"].numpy()
+            probe = _train(ctx, opts, model, k, index, opts.estimate_epochs, "discover_estimate")
+            if probe is None:
+                return {}  # not rank 0
+            labelled = extract(model, data.loader(data.view("labelled")))
+            pool["features"] = extract(model, data.loader(_pool_view(data, index)))["features"]
         if opts.num_novel == "auto":
-            estimate = estimate_num_classes if opts.estimator == "gcd" else estimate_num_novel
             args = (labelled["features"], labelled["labels"], pool["features"])
+            counts, seed = range(1, opts.max_novel + 1), ctx.cfg.seed
+            tol = {} if opts.estimate_tolerance is None else {"tolerance": opts.estimate_tolerance}
             if opts.estimator == "gcd":
-                n, scores = estimate(*args, opts.max_novel, seed=ctx.cfg.seed)
+                n, scores = estimate_num_classes(*args, opts.max_novel, seed, **tol)
+            elif opts.estimator == "dtc":
+                n, scores = estimate_num_novel(*args, counts, seed=seed)
             else:
-                n, scores = estimate(*args, range(1, opts.max_novel + 1), seed=ctx.cfg.seed)
+                n, scores = estimate_by_silhouette(pool["features"], counts, seed, **tol)
             metrics["num_novel_est"] = n
             log.info(
                 "discover: %d novel classes estimated (truth %d; %s scores %s)",
@@ -149,9 +182,9 @@ class DiscoverStage:
                 centre_head(model, torch.from_numpy(centres).float())
             else:
                 model = novel_head(supervised, k, n, torch.from_numpy(centres[k:]).float())
-        else:
+        else:  # (overclustered: from the over-counting model, on its features)
             km = kmeans(pool["features"], n, seed=ctx.cfg.seed)
-            model = novel_head(supervised, k, n, torch.from_numpy(km.cluster_centers_).float())
+            model = novel_head(model, k, n, torch.from_numpy(km.cluster_centers_).float())
         if opts.method not in ("kmeans", "sskmeans", "gcd"):
             trained = _train(ctx, opts, model, k, pool["index"].numpy())
             if trained is None:  # not rank 0
@@ -271,8 +304,9 @@ def _pool_view(data, index, train: bool = False):
     return data.subset_view(index, np.full(len(index), UNKNOWN), train)
 
 
-def _train(ctx, opts, model: Classifier, k: int, pool_index):
-    """Train OpenMix or the Sinkhorn head on Lightning; None on ranks other than 0."""
+def _train(ctx, opts, model: Classifier, k: int, pool_index, epochs=None, name="discover"):
+    """Train OpenMix, the Sinkhorn head or GCD on Lightning (`epochs`: None = the stage's
+    max_epochs; checkpoints under `checkpoints/<name>`); None on ranks other than 0."""
     from .gcd import GCDModule
     from .openmix import OpenMixModule
     from .uno import UNOModule, two_views
@@ -287,7 +321,7 @@ def _train(ctx, opts, model: Classifier, k: int, pool_index):
         "labelled": data.loader(labelled, train=True),
         "pool": data.loader(pool_train, train=True),
     }
-    trainer = make_trainer(cfg.trainer, ctx.run_dir, "discover", opts.max_epochs)
+    trainer = make_trainer(cfg.trainer, ctx.run_dir, name, epochs or opts.max_epochs)
     log.info("discover: %s on %d pool images", opts.method, len(pool_index))
     fit(trainer, module, train, None)
     return module if trainer.is_global_zero else None

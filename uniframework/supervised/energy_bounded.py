@@ -20,7 +20,9 @@ def energy_margin_loss(
     known_logits: torch.Tensor, outlier_logits: torch.Tensor, m_in: float, m_out: float
 ) -> torch.Tensor:
     """``known_logits: [N, C]``, ``outlier_logits: [M, C]`` (known classes only) -> scalar
-    ``mean(relu(E_in - m_in)^2) + mean(relu(m_out - E_out)^2)`` with ``E = -logsumexp`` (T = 1).
+    ``mean(relu(E_in - m_in)^2) + mean(relu(m_out - E_out)^2)`` with ``E = -logsumexp`` (T = 1);
+    a batch without outliers (M = 0) keeps the first term only.
     """
     e_in, e_out = energy(known_logits), energy(outlier_logits)
-    return F.relu(e_in - m_in).pow(2).mean() + F.relu(m_out - e_out).pow(2).mean()
+    loss = F.relu(e_in - m_in).pow(2).mean()
+    return loss + F.relu(m_out - e_out).pow(2).mean() if len(e_out) else loss

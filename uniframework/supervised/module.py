@@ -8,7 +8,10 @@ Two ORE components (Joseph et al., CVPR 2021) are options:
 - `unknown_class`: one extra output, "unknown" (label = num_known). Each step also draws a batch
   from the unlabelled pool; the `unknown_topk` samples the model judges least known (highest
   energy over the known logits, or farthest from every prototype) are trained as unknown —
-  ORE's auto-labelling, transplanted from RPN proposals to the unlabelled pool.
+  ORE's auto-labelling, transplanted from RPN proposals to the unlabelled pool
+  (`unknown_select: topk`). On a pool that mixes known and novel images, `unknown_select:
+  known_weibull` instead trains as unknown the pool images a Weibull on the held-out knowns finds
+  unlikely, re-selected once per epoch from a frozen snapshot (`unknown_selection.py`).
 - `energy_margins`: energy-bounded learning (Liu et al. 2020, `energy_bounded.py`) on the same
   auto-labelled unknowns — with or without the extra output, from the same pool batch.
 """
@@ -46,6 +49,9 @@ class SupervisedOptions(Section):
     # norms, biases and position / class tokens get no weight decay. None = one lr for all
     layer_decay: float | None = Field(None, gt=0, le=1)
     max_epochs: int | None = Field(None, ge=1)  # None = trainer.max_epochs
+    # which epoch's weights the stage keeps: the best on the held-out knowns by accuracy or by
+    # loss (finer than accuracy on a small val set, where ties keep the first epoch), or the last
+    keep: Literal["val_acc", "val_loss", "last"] = "val_acc"
     # ORE contrastive clustering (paper: margin 10, queue 20 per class, momentum 0.99)
     contrastive: bool = False
     contrastive_weight: float = Field(0.1, ge=0)
@@ -59,6 +65,11 @@ class SupervisedOptions(Section):
     unknown_topk: int = Field(1, ge=1)  # pool samples per batch auto-labelled unknown (both)
     unknown_by: Literal["energy", "prototype"] = "energy"
     unknown_weight: float = Field(1.0, ge=0)
+    # which pool images are the unknowns: per batch the `unknown_topk` least known (ORE), or per
+    # epoch those a Weibull on the held-out knowns finds unlikely, CDF < `unknown_alpha`
+    unknown_select: Literal["topk", "known_weibull"] = "topk"
+    unknown_alpha: float = Field(0.05, gt=0, lt=1)
+    unknown_start_epoch: int = Field(1, ge=0)  # known_weibull: first epoch with unknowns
     # energy-bounded learning (Liu et al. 2020, energy_bounded.py) on the same auto-labelled
     # unknowns: [m_in, m_out] margins on the free energy (T = 1), weight λ (paper 0.1)
     energy_margins: tuple[float, float] | None = None
@@ -108,6 +119,8 @@ class SupervisedModule(L.LightningModule):
         self.train_acc = MulticlassAccuracy(model.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(model.num_classes, average="micro")
         self.mixup_alpha = 0.0  # set per epoch by progressive learning
+        self.selected: torch.Tensor | None = None  # known_weibull: [train size] bool, per epoch
+        self.picked: list[torch.Tensor] = []  # dataset indices trained as unknown this epoch
         if opts.contrastive or opts.unknown_by == "prototype":
             self.store = FeatureStore(num_known, model.feature_dim, opts.store_size)
             self.register_buffer("prototypes", torch.zeros(num_known, model.feature_dim))
@@ -156,15 +169,19 @@ class SupervisedModule(L.LightningModule):
                 xu = xu.contiguous(memory_format=torch.channels_last)
             fu = self.model.forward_features(xu)
             lu = self.model.forward_head(fu)
-            ready = getattr(self, "prototypes_ready", False)
-            pick = least_known(
-                fu.detach(),
-                lu[:, : self.num_known].detach(),
-                o.unknown_topk,
-                o.unknown_by,
-                self.prototypes if ready else None,
-            )
-            if o.unknown_class:
+            if o.unknown_select == "known_weibull":
+                pick = torch.nonzero(self.selected[batch["pool"][2].to(self.device)]).flatten()
+            else:
+                ready = getattr(self, "prototypes_ready", False)
+                pick = least_known(
+                    fu.detach(),
+                    lu[:, : self.num_known].detach(),
+                    o.unknown_topk,
+                    o.unknown_by,
+                    self.prototypes if ready else None,
+                )
+            self.picked.append(batch["pool"][2][pick.cpu()])
+            if o.unknown_class and len(pick):
                 target = torch.full((len(pick),), self.num_known, device=xu.device)
                 unk = F.cross_entropy(lu[pick], target)
                 self.log("train_unknown_loss", unk, on_epoch=True, on_step=False)
@@ -183,6 +200,9 @@ class SupervisedModule(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False)
         self.log("train_acc", self.train_acc, on_epoch=True, on_step=False)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.picked = []
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y, _ = batch

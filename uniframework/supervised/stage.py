@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from ..errors import UserError
 from ..io import save_weights
 from ..models import build_classifier
+from ..openset.stage import selection_quality
 from ..registry import STAGES
 from ..training import best_state, extract, fit, make_trainer
 from .module import SupervisedModule, SupervisedOptions
 from .progressive import ProgressiveLearning, ProgressiveTransform
+from .unknown_selection import UnknownSelection
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +43,8 @@ class SupervisedStage:
             model = model.to(memory_format=torch.channels_last)
         module = SupervisedModule(model, opts, k)
         has_val = len(data.split.val) > 0
-        trainer = make_trainer(
-            cfg.trainer, ctx.run_dir, "supervised", opts.max_epochs, "val_acc" if has_val else None
-        )
+        monitor = opts.keep if has_val and opts.keep != "last" else None
+        trainer = make_trainer(cfg.trainer, ctx.run_dir, "supervised", opts.max_epochs, monitor)
         if opts.progressive is not None and cfg.data.batched:
             raise UserError(
                 "stages.supervised.progressive swaps per-image transforms; it does not combine "
@@ -59,6 +61,21 @@ class SupervisedStage:
                     "data.num_known below the class count or data.labelled_fraction below 1"
                 )
             train_views.append(pool)
+            if opts.unknown_select == "known_weibull":
+                if not has_val:
+                    raise UserError(
+                        "stages.supervised.unknown_select = known_weibull fits the held-out "
+                        "knowns: set data.val_fraction > 0, or use unknown_select: topk"
+                    )
+                trainer.callbacks.append(
+                    UnknownSelection(
+                        data.loader(data.view("val")),
+                        data.loader(data.view("unlabelled", hide_labels=True)),
+                        len(data.train),
+                        opts,
+                        k,
+                    )
+                )
             train = {
                 "labelled": train,
                 "pool": data.loader(pool, train=True, batch_size=opts.batch_size),
@@ -95,6 +112,8 @@ class SupervisedStage:
         }
         if opts.unknown_class:  # known test images the extra output claims
             metrics["known_as_unknown"] = float((test["logits"].argmax(1) == k).float().mean())
+        if opts.uses_pool:  # the last epoch's unknowns against the pool's truth (evaluation)
+            metrics.update(pool_selection(data, module.picked))
         if has_val:
             v = extract(model, val)
             metrics["val_acc"] = accuracy(v["logits"][:, :k], v["labels"])
@@ -107,6 +126,16 @@ def progressive_callback(opts: SupervisedOptions, data_cfg, views: list) -> Prog
     for view in views:  # labelled and pool views share one base (the train set)
         view.transform = tf
     return ProgressiveLearning(opts.progressive, data_cfg.image_size, [tf])
+
+
+def pool_selection(data, picked: list[torch.Tensor]) -> dict[str, float]:
+    """`auto_unknown_precision|recall|auto_unknowns` of the pool images trained as unknown
+    (dataset indices, repeats counted once) against the pool's hidden truth."""
+    pool = data.split.unlabelled
+    is_novel = torch.from_numpy(data.split.remap(data.train.targets[pool]) >= data.split.num_known)
+    taken = np.unique(torch.cat(picked).numpy()) if picked else np.zeros(0, np.int64)
+    position = torch.from_numpy(np.nonzero(np.isin(pool, taken))[0])
+    return {"auto_unknowns": len(position), **selection_quality(position, is_novel)}
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
