@@ -23,8 +23,11 @@ class _Logits(nn.Module):
         super().__init__()
         self.w = nn.Parameter(torch.ones(()))
 
-    def forward(self, x):
+    def forward_features(self, x):
         return x * self.w
+
+    def forward_head(self, f):
+        return f
 
 
 def _confident(n, seed):
@@ -46,13 +49,7 @@ def test_selection_takes_the_pool_images_unlike_the_held_out_knowns():
     index = torch.arange(100) * 3 + 7  # dataset indices, not positions
     opts = SupervisedOptions(unknown_select="known_weibull", unknown_start_epoch=1)
     cb = UnknownSelection(_batches(val, torch.arange(100)), _batches(pool, index), 400, opts, 5)
-    module = types.SimpleNamespace(
-        model=_Logits(),
-        training=True,
-        device=torch.device("cpu"),
-        eval=lambda: None,
-        train=lambda mode: None,
-    )
+    module = types.SimpleNamespace(model=_Logits(), device=torch.device("cpu"))
     cb.on_train_epoch_start(types.SimpleNamespace(current_epoch=0), module)
     assert module.selected.shape == (400,) and not module.selected.any()  # before the start
     cb.on_train_epoch_start(types.SimpleNamespace(current_epoch=1), module)

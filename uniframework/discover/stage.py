@@ -136,9 +136,6 @@ class DiscoverStage:
             pool["features"] = extract(model, data.loader(_pool_view(data, pool["index"])))[
                 "features"
             ]
-        labelled = None
-        if opts.num_novel == "auto" or opts.method in ("sskmeans", "gcd"):
-            labelled = extract(model, data.loader(data.view("labelled")))
         overclustered = opts.num_novel == "auto" and opts.estimate_on == "overclustered"
         if overclustered:
             if opts.method not in ("openmix", "sinkhorn"):
@@ -153,8 +150,10 @@ class DiscoverStage:
             probe = _train(ctx, opts, model, k, index, opts.estimate_epochs, "discover_estimate")
             if probe is None:
                 return {}  # not rank 0
-            labelled = extract(model, data.loader(data.view("labelled")))
             pool["features"] = extract(model, data.loader(_pool_view(data, index)))["features"]
+        labelled = None  # (from the over-counting model when there is one)
+        if opts.num_novel == "auto" or opts.method in ("sskmeans", "gcd"):
+            labelled = extract(model, data.loader(data.view("labelled")))
         if opts.num_novel == "auto":
             args = (labelled["features"], labelled["labels"], pool["features"])
             counts, seed = range(1, opts.max_novel + 1), ctx.cfg.seed

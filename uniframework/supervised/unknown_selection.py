@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..openset.stage import auto_label_unlikely
+from ..training import extract
 
 
 class UnknownSelection(L.Callback):
@@ -27,23 +28,14 @@ class UnknownSelection(L.Callback):
     def __init__(self, val: DataLoader, pool: DataLoader, size: int, opts, num_known: int):
         self.val, self.pool, self.size, self.opts, self.k = val, pool, size, opts, num_known
 
-    @torch.no_grad()
-    def _logits(self, model, loader) -> tuple[torch.Tensor, torch.Tensor]:
-        """Known-class logits [N, k] and dataset indices [N] over a loader (eval mode)."""
-        logits, index = [], []
-        for x, _, idx in loader:
-            logits.append(model(x.to(next(model.parameters()).device))[:, : self.k].float().cpu())
-            index.append(idx)
-        return torch.cat(logits), torch.cat(index)
-
     def on_train_epoch_start(self, trainer, module) -> None:
         selected = torch.zeros(self.size, dtype=torch.bool)
         if trainer.current_epoch >= self.opts.unknown_start_epoch:
-            was_training = module.training
-            module.eval()
-            val, _ = self._logits(module.model, self.val)
-            pool, index = self._logits(module.model, self.pool)
-            module.train(was_training)
-            picked = auto_label_unlikely(pool, val, 1.0, self.opts.unknown_alpha)
-            selected[index[picked]] = True
+            with torch.no_grad():  # `extract` scores in eval mode and restores the train mode
+                val = extract(module.model, self.val, module.device)["logits"][:, : self.k]
+                pool = extract(module.model, self.pool, module.device)
+            picked = auto_label_unlikely(
+                pool["logits"][:, : self.k], val, 1.0, self.opts.unknown_alpha
+            )
+            selected[pool["index"][picked]] = True
         module.selected = selected.to(module.device)
