@@ -91,6 +91,9 @@ class TrainerConfig(Section):
     log_every_n_steps: int = Field(10, ge=1)
     deterministic: bool | Literal["warn"] = "warn"
     enable_progress_bar: bool = True
+    # NHWC memory format for every fit's weights, so every convolution runs channels-last
+    # (faster on CPUs: BENCHMARKS.md "Throughput"); saved weights stay plain NCHW
+    channels_last: bool = False
     # CSV is always written (logs/<stage>/csv); tensorboard adds logs/<stage>/tensorboard,
     # mlflow adds one MLflow run per run directory (needs the `mlflow` extra), csv adds nothing
     logger: Literal["tensorboard", "mlflow", "csv"] = "tensorboard"

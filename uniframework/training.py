@@ -65,11 +65,23 @@ def make_trainer(
         enable_progress_bar=bar,
         enable_model_summary=console.verbose(),
         num_sanity_val_steps=0,
-        callbacks=[RngState(), ckpt, *progress],
+        callbacks=[RngState(), ckpt, *progress, *([ChannelsLast()] if cfg.channels_last else [])],
         logger=_loggers(cfg, run_dir, stage),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
     )
+
+
+class ChannelsLast(L.Callback):
+    """`trainer.channels_last`: the module's 4-D weights NHWC for the fit — a convolution with
+    NHWC weights takes an NCHW input and returns NHWC, so the whole network runs channels-last —
+    and back to NCHW when the fit ends (saved weights are plain contiguous tensors)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        pl_module.to(memory_format=torch.channels_last)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        pl_module.to(memory_format=torch.contiguous_format)
 
 
 def _loggers(cfg: TrainerConfig, run_dir: Path, stage: str) -> list[Logger]:

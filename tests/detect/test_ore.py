@@ -111,3 +111,83 @@ def test_a_degenerate_unknown_fit_falls_back_to_the_known_weibull():
     # a known-looking logit stays known, one far below every known stays unknown
     decide = scorer.predict_unknown(torch.tensor([[7.0], [0.5]]))  # the known logits
     assert decide.tolist() == [False, True]
+
+
+# --- issue 20: where the defaults follow ORE / OWOD and where they do not
+
+
+def test_auto_label_default_is_owod_background_iou():
+    import inspect
+
+    from uniframework.detect.model import OpenWorldDetector, OpenWorldRoIHeads
+    from uniframework.detect.stage import DetectOptions, model_kwargs
+
+    gt = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    proposals = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 6.0],  # inside the GT, IoU 0.6: the matcher's foreground
+            [0.0, 0.0, 10.0, 4.0],  # inside the GT, IoU 0.4: background to OWOD's matcher
+            [30.0, 30.0, 40.0, 40.0],  # free
+        ]
+    )
+    objectness = torch.tensor([0.9, 0.8, 0.1])
+    # OWOD takes what its RoI matcher (IOU_THRESHOLDS [0.5]) labels background: IoU < 0.5
+    assert auto_label_unknowns(proposals, objectness, gt).tolist() == [1]
+    assert auto_label_unknowns(proposals, objectness, gt, k=3).tolist() == [1, 2]
+    # our earlier 0.3 stays an option: the IoU-0.4 box is then no candidate
+    assert auto_label_unknowns(proposals, objectness, gt, iou_thresh=0.3).tolist() == [2]
+    assert DetectOptions().unknown_iou == 0.5
+    assert model_kwargs(DetectOptions(), 8)["unknown_iou"] == 0.5
+    for cls in (OpenWorldDetector, OpenWorldRoIHeads):
+        assert inspect.signature(cls).parameters["unknown_iou"].default == 0.5
+
+
+def test_clustering_defaults_pinned():
+    from uniframework.detect.stage import DetectOptions
+
+    o = DetectOptions()
+    assert o.prototype_every is None and o.prototype_every_fraction == 3000 / 18000  # OWOD
+    assert o.contrastive_features == "raw" and o.contrastive_margin is None  # paper: raw, 10
+    cc = ContrastiveClustering(num_classes=2, dim=4)
+    assert cc.margin == 10.0 and not cc.normalise
+
+
+def _changes(cc: ContrastiveClustering, steps: int) -> list[int]:
+    """Steps (1-based) of one training loop at which the prototypes changed."""
+    changed = []
+    for step in range(1, steps + 1):
+        before = cc.prototypes.clone()
+        cc.step(torch.randn(6, 4), torch.arange(6) % 2, live=True)
+        if not torch.equal(before, cc.prototypes):
+            changed.append(step)
+    return changed
+
+
+def test_prototype_interval_is_a_fraction_of_each_loop_by_default():
+    cc = ContrastiveClustering(num_classes=2, dim=4)
+    with pytest.raises(RuntimeError, match="start_loop"):
+        cc.step(torch.randn(6, 4), torch.arange(6) % 2, live=True)
+    cc = ContrastiveClustering(num_classes=2, dim=4)
+    cc.start_loop(600)
+    # OWOD's task 1: 18,000 iterations, an update every 3,000; here 600 steps, every 100
+    assert cc.interval == 100 and _changes(cc, 600) == [1, 100, 200, 300, 400, 500, 600]
+    cc.start_loop(60)  # the exemplar fine-tune: its own, shorter loop
+    assert cc.interval == 10
+    fixed = ContrastiveClustering(num_classes=2, dim=4, every=10)
+    fixed.start_loop(600)  # an absolute interval ignores the loop's length
+    assert fixed.interval == 10 and _changes(fixed, 30) == [1, 10, 20, 30]
+
+
+def test_normalised_clustering_loss_ignores_feature_scale():
+    f = torch.randn(6, 4)
+    y = torch.tensor([0, 0, 1, 1, 2, -1])
+    losses = {}
+    for normalise in (False, True):
+        for scale in (1.0, 100.0):
+            margin = 1.0 if normalise else 10.0
+            cc = ContrastiveClustering(3, 4, margin=margin, every=1, normalise=normalise)
+            cc.start_loop(10)
+            cc.step(scale * f, y, live=True)  # prototypes from the scaled features too
+            losses[normalise, scale] = cc.step(scale * f, y, live=True).item()
+    assert losses[True, 100.0] == pytest.approx(losses[True, 1.0], rel=1e-5)
+    assert losses[False, 100.0] > 2 * losses[False, 1.0]

@@ -37,7 +37,8 @@ def test_defaults_keep_the_per_image_path():
     cfg = load_config("configs/digits.yaml")
     assert (cfg.data.batched, cfg.data.cutout, cfg.data.translate) == (False, 0, None)
     opts = cfg.stage_list()[0][1]
-    assert opts.schedule == "cosine" and opts.batch_size is None and opts.channels_last is False
+    assert opts.schedule == "cosine" and opts.batch_size is None
+    assert cfg.trainer.channels_last is False
 
 
 def test_progressive_learning_refuses_the_batched_path(tmp_path):
@@ -75,7 +76,7 @@ def test_batched_recipe_runs_with_the_pool(tmp_path, monkeypatch):
             "data.translate=2",
             "stages.supervised.schedule=linear",
             "stages.supervised.batch_size=16",
-            "stages.supervised.channels_last=true",
+            "trainer.channels_last=true",
         ],
     )
     cfg = cfg.model_copy(update={"stages": cfg.stages[:1]})

@@ -95,3 +95,45 @@ def test_sync_is_noop_without_dist_and_averages_with_one_rank(tmp_path):
         assert means[0].tolist() == [2.0, 3.0] and valid.tolist() == [True, False]
     finally:
         dist.destroy_process_group()
+
+
+# --- issue 20: where the defaults follow ORE (Joseph et al., CVPR 2021) and where they do not
+
+
+def test_update_interval_keeps_owod_ratio_by_default():
+    from uniframework.supervised.prototypes import UPDATE_FRACTION, prototype_interval
+
+    assert UPDATE_FRACTION == 3000 / 18000  # OWOD: UPDATE_MU_ITER / task 1's MAX_ITER
+    assert prototype_interval(18000) == 3000  # OWOD's own schedule, reproduced
+    assert prototype_interval(600) == 100  # a short run keeps OWOD's ratio
+    assert prototype_interval(3) == 1  # never 0
+    assert prototype_interval(600, every=10) == 10  # an absolute interval wins
+    assert prototype_interval(600, fraction=0.5) == 300
+
+
+def test_normalised_loss_is_invariant_to_feature_scale_raw_is_not():
+    g = torch.Generator().manual_seed(0)
+    f, p = torch.randn(7, 3, generator=g), torch.randn(4, 3, generator=g)
+    y = torch.tensor([0, 1, 2, 3, -1, 1, 0])
+    valid = torch.tensor([True, True, False, True])
+
+    def loss(features, prototypes, normalise, margin):
+        return contrastive_clustering_loss(features, y, prototypes, margin, valid, normalise).item()
+
+    unit = loss(f, p, True, 1.0)
+    assert loss(100 * f, p, True, 1.0) == pytest.approx(unit, rel=1e-5)
+    assert loss(100 * f, 0.01 * p, True, 1.0) == pytest.approx(unit, rel=1e-5)
+    assert loss(100 * f, p, False, 10.0) > 2 * loss(f, p, False, 10.0)  # raw: scale-bound
+    # the normalised loss is the paper's hinge on unit vectors (the naive loop above)
+    fn, pn = torch.nn.functional.normalize(f, dim=1), torch.nn.functional.normalize(p, dim=1)
+    assert unit == pytest.approx(_naive_loss(fn, y, pn, 1.0, valid).item(), rel=1e-5)
+
+
+def test_margin_defaults_per_feature_space():
+    from uniframework.supervised.prototypes import hinge_margin
+
+    assert hinge_margin(None) == hinge_margin(None, "raw") == 10.0  # the paper's
+    assert hinge_margin(None, "normalised") == 1.0
+    assert hinge_margin(0.5, "normalised") == 0.5 and hinge_margin(3.0, "raw") == 3.0
+    with pytest.raises(ValueError, match="at most 2"):  # unit vectors are never 10 apart
+        hinge_margin(10.0, "normalised")

@@ -62,6 +62,8 @@ def train_detector(
     warmup = min(50, max(1, total // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: warmup_cosine(s, warmup, total))
     live_from = int(opts.contrastive_start * total)
+    if clustering is not None:  # prototype updates: every `prototype_every_fraction` of this loop
+        clustering.start_loop(total)
     model.train().to(device)
     loop = dict(model=model, clustering=clustering, optimizer=optim, scheduler=sched, loader=gen)
     start, step = 0, 0

@@ -9,6 +9,11 @@ For each task t of the protocol (`tasks.py`):
 4. evaluate on the test images: known mAP@50 (previous / current / all), U-Recall@50, WI,
    A-OSE (`metrics.py`).
 
+ORE's defaults are OWOD's where they carry over (auto-labelling below IoU 0.5, raw RoI features
+with margin 10, queue 20, momentum 0.99); the prototype update interval keeps OWOD's ratio to
+the training length (1/6) rather than its 3,000 iterations. The reasons, and the options that
+give the other behaviour, are in `ore.py`.
+
 Writes `checkpoints/detect.safetensors` (final model + what rebuilds it), `detect/weibull.json`,
 per-task checkpoints for resume (`checkpoints/detect/task<t>.safetensors` + `detect/task<t>.json`;
 mid-task, `checkpoints/detect/task<t>[_finetune]/last.ckpt` after every epoch, removed when the
@@ -35,11 +40,12 @@ from ..errors import UserError
 from ..io import load_weights, read_json, save_weights, write_json
 from ..openset.weibull import EnergyWeibullScorer
 from ..registry import STAGES
+from ..supervised.prototypes import UPDATE_FRACTION, hinge_margin
 from .datasets import DetectionSet, load_coco, load_voc
 from .engine import detect_all, device_for, exemplar_set, heldout_logits, train_detector
 from .metrics import owod_metrics
 from .model import OpenWorldDetector
-from .ore import ContrastiveClustering, fit_identifier
+from .ore import BACKGROUND_IOU, ContrastiveClustering, fit_identifier
 from .scenes import digit_scenes
 from .tasks import TaskProtocol, build_protocol, split_images
 
@@ -88,12 +94,17 @@ class DetectOptions(Section):
     finetune_lr: float | None = Field(None, gt=0)  # None = lr
     # ORE (ignored by method: baseline)
     unknown_topk: int = Field(1, ge=1)  # auto-labelled unknowns per image (OWOD: 1)
-    unknown_iou: float = Field(0.3, gt=0, le=1)  # "overlaps no GT": IoU below this with all
+    # "overlaps no GT": IoU below this with every box (OWOD: 0.5, its RoI background threshold)
+    unknown_iou: float = Field(BACKGROUND_IOU, gt=0, le=1)
     contrastive_weight: float = Field(0.1, ge=0)
-    contrastive_margin: float = Field(10.0, gt=0)  # paper: 10
+    # raw RoI features (paper) or L2-normalised features and prototypes in the hinge loss
+    contrastive_features: Literal["raw", "normalised"] = "raw"
+    contrastive_margin: float | None = Field(None, gt=0)  # None: raw 10 (paper), normalised 1.0
     store_size: int = Field(20, ge=1)  # features per class in the store (paper: 20)
     prototype_momentum: float = Field(0.99, ge=0, le=1)  # paper: 0.99
-    prototype_every: int = Field(10, ge=1)  # steps between prototype updates
+    # steps between prototype updates; None = `prototype_every_fraction` of each training loop
+    prototype_every: int | None = Field(None, ge=1)
+    prototype_every_fraction: float = Field(UPDATE_FRACTION, gt=0, le=1)  # OWOD: 3000 / 18000
     contrastive_start: float = Field(0.25, ge=0, le=1)  # fraction of a task's steps
     temperature: float = Field(1.5, gt=0)  # energy T (official code)
     figures: bool = True
@@ -106,6 +117,7 @@ class DetectOptions(Section):
                 raise ValueError(f"'{name}' must be (min, max) with 1 <= min <= max")
         if self.digit_size[1] >= self.image_size:
             raise ValueError("'digit_size' max must be smaller than 'image_size'")
+        hinge_margin(self.contrastive_margin, self.contrastive_features)  # raises if unmeetable
         return self
 
 
@@ -200,8 +212,10 @@ class DetectStage:
                 opts.representation,
                 opts.store_size,
                 opts.prototype_momentum,
-                opts.contrastive_margin,
+                hinge_margin(opts.contrastive_margin, opts.contrastive_features),
                 opts.prototype_every,
+                opts.prototype_every_fraction,
+                normalise=opts.contrastive_features == "normalised",
             )
         log.info(
             "detect: %s on %s, %d train / %d held-out / %d test images, tasks %s (unknown "

@@ -3,8 +3,18 @@
 Two ORE components (Joseph et al., CVPR 2021) are options:
 - `contrastive`: contrastive clustering of the penultimate feature around class prototypes
   (`prototypes.py`): a feature store fills from the first step; from `contrastive_start_epoch`
-  the prototypes start as the store means and then follow them with momentum every
-  `prototype_every` steps, and the hinge loss (weight `contrastive_weight`) is added.
+  the prototypes start as the store means and then follow them with momentum, and the hinge
+  loss (weight `contrastive_weight`) is added. Where this follows ORE and where not (details in
+  `prototypes.py`):
+  - update interval: by default the paper's ratio, every `prototype_every_fraction` (OWOD: 3000
+    of 18,000 iterations, 1/6) of the run's steps — about five updates, as in OWOD's first task;
+    its absolute 3,000 would mean no update in a run of a few hundred steps. `prototype_every`
+    (steps) overrides it (10 was our earlier default).
+  - feature space: by default the paper's raw features with margin 10
+    (`contrastive_features: raw`), the loss measured on our ResNets; `normalised` L2-normalises
+    features and prototypes in the loss (margin 1.0 on the unit sphere, `contrastive_margin`
+    None = the space's default), which keeps the loss meaningful on a ViT, whose feature norms
+    dwarf the margin 10 (it trains at chance with weight 0.1).
 - `unknown_class`: one extra output, "unknown" (label = num_known). Each step also draws a batch
   from the unlabelled pool; the `unknown_topk` samples the model judges least known (highest
   energy over the known logits, or farthest from every prototype) are trained as unknown —
@@ -23,7 +33,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..config import Section
@@ -33,7 +43,14 @@ from ..openset.scores import energy_score
 from ..training import warmup_cosine
 from .energy_bounded import energy_margin_loss
 from .progressive import ProgressiveOptions, mixup, parse_progressive
-from .prototypes import FeatureStore, contrastive_clustering_loss, update_prototypes
+from .prototypes import (
+    UPDATE_FRACTION,
+    FeatureStore,
+    contrastive_clustering_loss,
+    hinge_margin,
+    prototype_interval,
+    update_prototypes,
+)
 
 
 class SupervisedOptions(Section):
@@ -55,10 +72,14 @@ class SupervisedOptions(Section):
     # ORE contrastive clustering (paper: margin 10, queue 20 per class, momentum 0.99)
     contrastive: bool = False
     contrastive_weight: float = Field(0.1, ge=0)
-    contrastive_margin: float = Field(10.0, gt=0)
+    # raw (paper) or L2-normalised features and prototypes in the hinge loss (for ViTs)
+    contrastive_features: Literal["raw", "normalised"] = "raw"
+    contrastive_margin: float | None = Field(None, gt=0)  # None: raw 10 (paper), normalised 1.0
     store_size: int = Field(20, ge=1)  # features kept per class
     prototype_momentum: float = Field(0.99, ge=0, le=1)
-    prototype_every: int = Field(10, ge=1)  # steps between prototype updates
+    # steps between prototype updates; None = `prototype_every_fraction` of the run's steps
+    prototype_every: int | None = Field(None, ge=1)
+    prototype_every_fraction: float = Field(UPDATE_FRACTION, gt=0, le=1)  # OWOD: 3000 / 18000
     contrastive_start_epoch: int = Field(1, ge=0)
     # ORE auto-labelled unknown class
     unknown_class: bool = False
@@ -79,12 +100,21 @@ class SupervisedOptions(Section):
     # lr after the warm-up: cosine to 0, or linear to 0 (Page's / OneCycle's triangle)
     schedule: Literal["cosine", "linear"] = "cosine"
     batch_size: int | None = Field(None, ge=1)  # training batches; None = data.batch_size
-    channels_last: bool = False  # NHWC memory format while training (faster CNNs on CPUs)
 
     @property
     def uses_pool(self) -> bool:
         """Whether training draws pool batches (the auto-labelled unknowns)."""
         return self.unknown_class or self.energy_margins is not None
+
+    @property
+    def margin(self) -> float:
+        """The contrastive hinge margin in use (`contrastive_margin` or the space's default)."""
+        return hinge_margin(self.contrastive_margin, self.contrastive_features)
+
+    @model_validator(mode="after")
+    def _margin_fits_space(self) -> SupervisedOptions:
+        hinge_margin(self.contrastive_margin, self.contrastive_features)  # raises if unmeetable
+        return self
 
     @field_validator("energy_margins")
     @classmethod
@@ -125,6 +155,15 @@ class SupervisedModule(L.LightningModule):
             self.store = FeatureStore(num_known, model.feature_dim, opts.store_size)
             self.register_buffer("prototypes", torch.zeros(num_known, model.feature_dim))
             self.register_buffer("prototypes_ready", torch.tensor(False))
+            self.prototype_interval = opts.prototype_every or 1  # set from the run's length
+
+    def on_train_start(self) -> None:
+        if hasattr(self, "store"):  # the run's length is known once it trains
+            total = int(self.trainer.estimated_stepping_batches)
+            o = self.opts
+            self.prototype_interval = prototype_interval(
+                total, o.prototype_every, o.prototype_every_fraction
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -134,22 +173,21 @@ class SupervisedModule(L.LightningModule):
         self.store.update(features.detach(), y)
         if self.current_epoch < self.opts.contrastive_start_epoch:
             return None
-        if self.global_step % self.opts.prototype_every == 0 or not self.prototypes_ready:
+        if self.global_step % self.prototype_interval == 0 or not self.prototypes_ready:
             means, valid = self.store.means(sync=True)  # all-reduced under DDP
             momentum = self.opts.prototype_momentum if self.prototypes_ready else 0.0
             self.prototypes.copy_(update_prototypes(self.prototypes, means, momentum, valid))
             self.prototypes_ready.fill_(True)
         if not self.opts.contrastive:
             return None
+        normalise = self.opts.contrastive_features == "normalised"
         return contrastive_clustering_loss(
-            features, y, self.prototypes, self.opts.contrastive_margin
+            features, y, self.prototypes, self.opts.margin, normalise=normalise
         )
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         o = self.opts
         x, y, _ = batch["labelled"] if isinstance(batch, dict) else batch
-        if o.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         if self.mixup_alpha > 0:  # y keeps the larger share λ >= 0.5
             x, y_mix, lam = mixup(x, y, self.mixup_alpha)
         features = self.model.forward_features(x)
@@ -165,8 +203,6 @@ class SupervisedModule(L.LightningModule):
                 loss = loss + o.contrastive_weight * cc
         if o.uses_pool and isinstance(batch, dict):
             xu = batch["pool"][0]
-            if o.channels_last:
-                xu = xu.contiguous(memory_format=torch.channels_last)
             fu = self.model.forward_features(xu)
             lu = self.model.forward_head(fu)
             if o.unknown_select == "known_weibull":

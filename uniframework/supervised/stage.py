@@ -39,8 +39,6 @@ class SupervisedStage:
             model_cfg = model_cfg.model_copy(update={"weights": str(pretrained)})
             log.info("supervised: backbone starts from %s", pretrained)
         model = build_classifier(model_cfg, cfg.data.image_size, k + opts.unknown_class)
-        if opts.channels_last:  # weights NHWC: conv outputs follow (back to NCHW after fit)
-            model = model.to(memory_format=torch.channels_last)
         module = SupervisedModule(model, opts, k)
         has_val = len(data.split.val) > 0
         monitor = opts.keep if has_val and opts.keep != "last" else None
@@ -96,7 +94,6 @@ class SupervisedStage:
         best = best_state(trainer)
         if best is not None:
             module.load_state_dict(best)
-        model = model.to(memory_format=torch.contiguous_format)
         ctx.save_model("supervised", model, num_known=k)
         if hasattr(module, "prototypes"):
             save_weights(
