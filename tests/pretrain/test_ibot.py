@@ -313,3 +313,52 @@ def test_factory_defaults():
     assert (loss.center_momentum, loss.center_momentum2) == (0.9, 0.9)
     assert model.student.backbone.patch_embed.grid_size == (8, 8)
     assert "student.backbone.mask_token" in model.no_weight_decay()
+
+
+# ---------------------------------------------------------------- official defaults (issue 20)
+
+
+def test_teacher_shares_its_head_by_default_even_when_the_student_does_not():
+    model = tiny_ibot(shared_head=False)  # official --shared_head false, --shared_head_teacher
+    student, teacher = model.student.head, model.teacher.head
+    assert student.last_layer2 is not None and teacher.last_layer2 is None
+    assert not any("last_layer2" in n for n, _ in model.teacher.named_parameters())
+    tokens = torch.randn(2, 1 + 64, 32)
+    cls, patch = teacher(tokens)
+    per_token = torch.stack([teacher.forward_cls(tokens[:, j]) for j in (1, 2, 3)], 1)
+    assert torch.allclose(patch[:, :3], per_token, atol=1e-6)  # patches through the [CLS] layer
+    glob, loc = crops()
+    model(glob, loc, model.random_masks(4), epoch=0)["loss"].backward()
+    assert student.last_layer2.parametrizations.weight.original1.grad is not None
+    # EMA: the teacher's one last layer follows the student's [CLS] layer (official: by name)
+    name = "head.last_layer.parametrizations.weight.original1"
+    before = dict(model.teacher.named_parameters())[name].clone()
+    with torch.no_grad():
+        student.last_layer.parametrizations.weight.original1.add_(1.0)
+    model.update_teacher(0.9)
+    s_v = student.last_layer.parametrizations.weight.original1
+    assert torch.allclose(dict(model.teacher.named_parameters())[name], 0.9 * before + 0.1 * s_v)
+
+
+def test_separate_teacher_head_is_an_option():
+    model = tiny_ibot(shared_head=False, shared_head_teacher=False)
+    assert model.teacher.head.last_layer2 is not None  # the pre-issue-20 behaviour
+    assert tiny_ibot().teacher.head.last_layer2 is None  # shared student: shared teacher
+    with pytest.raises(ValueError, match="shared_head_teacher needs patch_out_dim"):
+        tiny_ibot(shared_head=False, patch_out_dim=64)
+
+
+def test_random_masks_use_the_official_16_patch_minimum_at_224px(monkeypatch):
+    from uniframework.pretrain import masking
+
+    areas, place = [], masking._place_block
+    monkeypatch.setattr(
+        masking, "_place_block", lambda m, n, a, *r: areas.append(a) or place(m, n, a, *r)
+    )
+    vit = IBOTViT(img_size=224, patch_size=16, embed_dim=32, depth=1, num_heads=2)
+    head, loss = IBOTHead(32, 16, hidden_dim=16, bottleneck_dim=8), IBOTLoss(16, 16, 2, 0)
+    masks = IBOT(vit, head, loss, mask_prob=1.0).random_masks(4, torch.Generator().manual_seed(0))
+    assert masks[0].shape == (4, 14, 14) and areas and set(areas) - {1} == {16}
+    areas.clear()
+    IBOT(vit, head, loss, mask_prob=1.0, min_num_patches=4).random_masks(4)
+    assert set(areas) - {1} == {4}

@@ -46,6 +46,16 @@ def test_paper_recipe():
     assert mae.weight_decay == mae.weight_decay_end == 0.05  # constant for MAE / SimMIM
 
 
+def test_official_head_sharing_and_block_minimum_by_default():
+    opts = PretrainOptions(method="ibot")
+    assert (opts.shared_head, opts.shared_head_teacher, opts.min_num_patches) == (True, True, None)
+    _, model = ibot(shared_head=False)  # student: a patch layer of its own; teacher: shared
+    assert model.student.head.last_layer2 is not None and model.teacher.head.last_layer2 is None
+    assert model.min_num_patches is None  # = (min(h, w) // 3) ** 2 in blockwise_mask
+    _, model = ibot(shared_head=False, shared_head_teacher=False, min_num_patches=4)
+    assert model.teacher.head.last_layer2 is not None and model.min_num_patches == 4
+
+
 @pytest.mark.parametrize("epochs, warm", [(2, 1), (10, 3), (100, 30), (800, 30)])
 def test_teacher_temperature_warmup_scales_with_the_run(epochs, warm):
     method, model = ibot(epochs)

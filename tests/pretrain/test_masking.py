@@ -5,13 +5,17 @@ import random
 
 import pytest
 import torch
+from scipy import ndimage
 
+from uniframework.pretrain import masking
 from uniframework.pretrain.masking import (
     _place_block,
     blockwise_mask,
+    min_block_patches,
     patchify,
     random_masking,
     simmim_mask,
+    simmim_mask_patch_size,
     unpatchify,
 )
 
@@ -169,3 +173,72 @@ def test_blockwise_errors():
         blockwise_mask(2, 8, [0.1])
     with pytest.raises(ValueError, match="mask ratios must be in"):
         blockwise_mask(1, 8, 1.2)
+
+
+# ---------------------------------------------------------------- paper defaults (issue 20)
+
+
+@pytest.mark.parametrize(
+    ("size", "patch", "want"),
+    [
+        (224, 16, 32),  # the paper's 32 px (ViT-B/16 at 224 px)
+        (192, 4, 32),  # the paper's 32 px (Swin-B at 192 px)
+        (192, 16, 32),
+        (128, 16, 32),  # from 128 px up the quarter-side cap no longer bites
+        (64, 4, 16),  # below: a quarter of the side, at least 4 x 4 mask patches
+        (32, 4, 8),  # CIFAR
+        (16, 4, 4),  # digits: the model patch
+        (224, 14, 28),  # 32 is no multiple of 14: the largest multiple of 14 below it
+    ],
+)
+def test_simmim_mask_patch_is_32px_where_the_image_allows_it(size, patch, want):
+    got = simmim_mask_patch_size(size, patch)
+    assert got == want
+    assert got % patch == 0 and size % got == 0  # always a valid simmim_mask geometry
+    simmim_mask(1, size, got, patch, 0.6, _gen())
+
+
+@pytest.mark.parametrize(("grid", "want"), [(14, 16), ((14, 20), 16), (8, 4), (4, 1), (2, 1)])
+def test_min_block_patches_is_the_official_third_of_the_short_side_squared(grid, want):
+    assert min_block_patches(grid) == want  # official: (min(H, W) // 3) ** 2, at least 1
+
+
+def _first_min_areas(monkeypatch, *args, **kwargs) -> list[float]:
+    """The `min_area` of the first block tried in each mask of blockwise_mask(*args)."""
+    calls, place = [], masking._place_block
+
+    def record(mask, max_new, min_area, *rest):
+        calls.append((int(mask.sum()), min_area))
+        return place(mask, max_new, min_area, *rest)
+
+    monkeypatch.setattr(masking, "_place_block", record)
+    blockwise_mask(*args, **kwargs)
+    return [area for done, area in calls if done == 0]
+
+
+def test_blockwise_default_minimum_is_16_patches_on_14x14(monkeypatch):
+    assert set(_first_min_areas(monkeypatch, 8, 14, 0.4, generator=_gen())) == {16}
+    assert set(_first_min_areas(monkeypatch, 8, 8, 0.4, generator=_gen())) == {4}
+    explicit = _first_min_areas(monkeypatch, 8, 14, 0.4, min_num_patches=4, generator=_gen())
+    assert set(explicit) == {4}  # BEiT's fixed 4 stays available
+    with pytest.raises(ValueError, match="min_num_patches"):
+        blockwise_mask(1, 14, 0.4, min_num_patches=0)
+
+
+def _largest_block(mask: torch.Tensor) -> int:
+    labels, n = ndimage.label(mask.numpy())  # 4-connected components
+    return int(max(ndimage.sum_labels(mask.numpy(), labels, range(1, n + 1)), default=0))
+
+
+def test_blockwise_default_masks_20_patches_of_14x14_mostly_in_one_block_of_16_or_more():
+    # 20 masked patches: a first block of >= 16 leaves <= 4 for the rest; with BEiT's 4 the
+    # first block is U(4, 20) and the 20 are split (measured: 87% vs 44% of 200 masks)
+    ratio = 20 / 196
+
+    def share(**kw) -> float:
+        masks = blockwise_mask(200, 14, ratio, generator=_gen(), **kw)
+        assert (masks.sum((1, 2)) == 20).all()
+        return sum(_largest_block(m) >= 16 for m in masks) / len(masks)
+
+    assert share() > 0.75
+    assert share(min_num_patches=4) < 0.6

@@ -131,6 +131,30 @@ def test_method_model_trains_and_exports_into_the_backbone(method, overrides):
     assert recon.shape == (2, 3, 16, 16) and mask.shape == (2, 1, 16, 16)
 
 
+@pytest.mark.parametrize(
+    ("size", "patch", "option", "want"),
+    [
+        (224, 16, None, 32),  # the paper's 32 px mask patch (issue 20; was 56)
+        (192, 16, None, 32),  # (was 48)
+        (32, 4, None, 8),  # below 128 px: a quarter of the side (4 x 4 mask patches)
+        (16, 4, None, 4),
+        (224, 16, 16, 16),  # stages.pretrain.mask_patch_size is honoured
+        (224, 8, 56, 56),  # the old 224 px default, on request (not a multiple of 16)
+    ],
+)
+def test_simmim_mask_patch_default_and_option(size, patch, option, want):
+    over = [f"data.image_size={size}", f"model.patch_size={patch}", "model.timm_kwargs={depth: 1}"]
+    cfg = load_config("configs/demo.yaml", [*VIT, *over])
+    opts = PretrainOptions(method="simmim", mask_patch_size=option)
+    m = METHODS.get("simmim")(opts, make_recipe(opts, METHODS.get("simmim").defaults, 2, 4))
+    model = build_method_model(m, "simmim", build_backbone(cfg.model, size), cfg)
+    assert model.mask_patch_size == want
+    mask = model.random_mask(2, torch.Generator().manual_seed(0))  # [N, H/p, W/p]
+    assert mask.shape == (2, size // patch, size // patch)
+    blocks = mask[:, :: want // patch, :: want // patch]  # one entry per mask patch
+    assert blocks.flatten(1).sum(1).tolist() == [math.ceil(0.6 * blocks[0].numel())] * 2
+
+
 def test_backbone_the_method_cannot_pretrain_is_refused():
     cfg = load_config("configs/demo.yaml", TINY)  # resnet_tiny
     opts = PretrainOptions(method="mae")

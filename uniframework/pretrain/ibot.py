@@ -10,6 +10,19 @@ GELU), L2-normalised bottleneck 256, weight-normalised last layer to K = 8192; t
 masked-patch self-distillation within a view. Recipe (set by the stage, not here): AdamW, lr
 5e-4 * batch / 256, wd 0.04 -> 0.4 (cosine), gradient clipping 3.0, last layer frozen during
 the first epoch, student drop path 0.1.
+
+Where we follow the official code (bytedance/ibot) and where we do not:
+- head sharing: as the official `main_ibot.py`, the student has its own patch last layer only
+  when `shared_head=False` (official `--shared_head`, passed as true by every official recipe,
+  our default too), and the teacher shares one last layer for [CLS] and patches unless
+  `shared_head_teacher=False` (official `--shared_head_teacher`, default true); that shared layer
+  is the EMA of the student's [CLS] last layer, as the official EMA matches parameters by name.
+  `shared_head_teacher=False` gives the teacher a copy of the student's patch layer (what this
+  code did for `shared_head=False` before issue 20).
+- block masks: the smallest block is the official `(min(h, w) // 3) ** 2` patches (16 on a
+  14 x 14 grid, 4 on 8 x 8, 1 on 4 x 4; `min_num_patches` fixes it, e.g. BEiT's 4); see
+  `masking.py` for why, and for how we finish the exact masked count where the official loop
+  stops short.
 """
 
 from __future__ import annotations
@@ -56,18 +69,21 @@ def ibot_masks(
     ratio_range: tuple[float, float] = (0.1, 0.5),
     mask_prob: float = 0.5,
     generator: torch.Generator | None = None,
+    min_num_patches: int | None = None,
 ) -> torch.Tensor:
     """iBOT masks for one global crop: [N, h, w] bool, True = masked.
 
     Each image is unmasked with probability 1 - mask_prob, else block-wise masked (BEiT) with
-    ratio ~ U(ratio_range) (official `--pred_ratio 0 0.3 --pred_ratio_var 0 0.2`).
+    ratio ~ U(ratio_range) (official `--pred_ratio 0 0.3 --pred_ratio_var 0 0.2`), in blocks of
+    at least `min_num_patches` (None = official (min(h, w) // 3) ** 2).
     """
     lo, hi = ratio_range
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"ratio_range must satisfy 0 <= lo <= hi <= 1, got {ratio_range}")
     masked = torch.rand(batch, generator=generator) < mask_prob
     ratios = lo + (hi - lo) * torch.rand(batch, generator=generator)
-    return blockwise_mask(batch, grid_size, (ratios * masked).tolist(), generator=generator)
+    ratios = (ratios * masked).tolist()
+    return blockwise_mask(batch, grid_size, ratios, min_num_patches, generator=generator)
 
 
 def make_teacher(student: nn.Module) -> nn.Module:
@@ -80,10 +96,14 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """teacher <- m * teacher + (1 - m) * student, parameter by parameter (matched by name)."""
+    """teacher <- m * teacher + (1 - m) * student, parameter by parameter (matched by name).
+
+    Student parameters the teacher lacks are skipped (official: the names in common): the
+    student's own patch last layer when the teacher shares its [CLS] one.
+    """
     t_params, s_params = dict(teacher.named_parameters()), dict(student.named_parameters())
-    if t_params.keys() != s_params.keys():
-        raise ValueError("teacher and student must have the same parameter names")
+    if missing := t_params.keys() - s_params.keys():
+        raise ValueError(f"teacher parameter names the student lacks: {sorted(missing)}")
     for name, t in t_params.items():
         t.mul_(momentum).add_(s_params[name].detach(), alpha=1 - momentum)
 
@@ -103,7 +123,8 @@ class IBOTHead(nn.Module):
     Paper: nlayers 3, hidden 2048, bottleneck 256, out_dim = patch_out_dim = 8192 (defaults here
     are for tiny models). As in the official code the MLP is always shared by [CLS] and patch
     tokens; `shared_head=False` gives the patch tokens their own last layer, of patch_out_dim
-    outputs (the official recipes use shared_head=True). norm_last_layer: keep g = 1 (frozen).
+    outputs (the official recipes use shared_head=True; the official teacher shares it anyway,
+    see `IBOT`). norm_last_layer: keep g = 1 (frozen).
     """
 
     def __init__(
@@ -195,6 +216,10 @@ class IBOT(nn.Module):
     `teacher_entropy` (detached, for collapse monitoring). The stage does the rest of a step:
     backward, gradient clipping (3.0), optimiser step, then `update_teacher(momentum)` with
     momentum = cosine_schedule(0.996, 1.0, step, total_steps).
+
+    shared_head_teacher (official default True): the teacher's head uses its [CLS] last layer
+    for the patch tokens too, even when the student's head has a patch layer of its own.
+    min_num_patches: smallest masked block, None = official (min(h, w) // 3) ** 2.
     """
 
     def __init__(
@@ -204,12 +229,24 @@ class IBOT(nn.Module):
         loss: IBOTLoss,
         ratio_range: tuple[float, float] = (0.1, 0.5),
         mask_prob: float = 0.5,
+        min_num_patches: int | None = None,
+        shared_head_teacher: bool = True,
     ) -> None:
         super().__init__()
         self.student = nn.ModuleDict(dict(backbone=backbone, head=head))
         self.teacher = make_teacher(self.student)
+        t_head = self.teacher["head"]
+        if shared_head_teacher and t_head.last_layer2 is not None:
+            if t_head.patch_out_dim != t_head.out_dim:
+                raise ValueError(
+                    f"shared_head_teacher needs patch_out_dim == out_dim, got "
+                    f"{t_head.patch_out_dim} != {t_head.out_dim}"
+                )
+            t_head.last_layer2 = None  # teacher patches through its [CLS] layer (EMA of the
+            # student's [CLS] layer; the student's patch layer has no teacher twin)
         self.loss = loss
         self.ratio_range, self.mask_prob = ratio_range, mask_prob
+        self.min_num_patches = min_num_patches
 
     def train(self, mode: bool = True) -> IBOT:
         super().train(mode)
@@ -222,7 +259,9 @@ class IBOT(nn.Module):
         """One `ibot_masks` tensor [B, H/p, W/p] per global crop."""
         grid = tuple(self.student.backbone.patch_embed.grid_size)
         return [
-            ibot_masks(batch, grid, self.ratio_range, self.mask_prob, generator)
+            ibot_masks(
+                batch, grid, self.ratio_range, self.mask_prob, generator, self.min_num_patches
+            )
             for _ in range(self.loss.ngcrops)
         ]
 
@@ -272,6 +311,7 @@ def ibot_vit_tiny_patch4(
     out_dim: int = 512,
     patch_out_dim: int | None = None,
     shared_head: bool = True,
+    shared_head_teacher: bool = True,
     norm_last_layer: bool = True,
     hidden_dim: int = 256,
     bottleneck_dim: int = 64,
@@ -294,4 +334,4 @@ def ibot_vit_tiny_patch4(
         out_dim, head.patch_out_dim, 2, nlcrops,
         warmup_teacher_temp_epochs=warmup_teacher_temp_epochs, nepochs=nepochs,
     )  # fmt: skip
-    return IBOT(backbone, head, loss)
+    return IBOT(backbone, head, loss, shared_head_teacher=shared_head_teacher)

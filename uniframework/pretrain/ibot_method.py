@@ -8,7 +8,8 @@ Recipe (paper §4 / appendix and the official `main_ibot.py`; tiny-model scaling
   of 96 px; default 0 here for speed); DINO's colour augmentation (below);
 - masks: per global crop and image, unmasked or block-wise masked with ratio ~ U(r - 0.2, r + 0.2)
   with probability 0.5, r = `mask_ratio` = 0.3 (official `--pred_ratio 0 0.3 --pred_ratio_var 0
-  0.2`); local crops are never masked;
+  0.2`), in blocks of at least `min_num_patches` = the official (min(h, w) // 3) ** 2 patches
+  (16 at 224 px / 16; here 4 at 32 px / 4, 1 at 16 px / 4); local crops are never masked;
 - AdamW lr 5e-4 * batch / 256, betas (0.9, 0.999), warm-up 10 of 100 epochs then cosine; weight
   decay 0.04 -> 0.4 by cosine per step; each parameter's gradient clipped to norm 3.0 on its own
   (DINO / iBOT `utils.clip_gradients`); the head's last layer frozen during the first epoch
@@ -17,7 +18,9 @@ Recipe (paper §4 / appendix and the official `main_ibot.py`; tiny-model scaling
   optimiser step; temperatures: student 0.1, teacher 0.04 -> `teacher_temp` 0.07 linearly over 30
   of the paper's 100 epochs, scaled here to the same share, round(0.3 * epochs), at most 30;
 - heads: 3-layer MLP (hidden 256, bottleneck 64; paper 2048, 256) and a weight-normalised last
-  layer of `out_dim` outputs (paper 8192), shared by [CLS] and patches (`shared_head`);
+  layer of `out_dim` outputs (paper 8192), shared by [CLS] and patches (`shared_head`, true in
+  the official recipes); with `shared_head: false` the student gets a patch layer of its own
+  and the teacher still shares one (`shared_head_teacher`, official default true);
 - evaluation and export: the teacher's encoder (the official k-NN / linear evaluations use it).
 
 DDP: `IBOTLoss` all-reduces the batch means that move its centers, so they stay equal on every
@@ -117,7 +120,10 @@ class IBOTMethod(Method):
         )  # fmt: skip
         ratio = (max(0.0, r.mask_ratio - MASK_RATIO_VAR), min(1.0, r.mask_ratio + MASK_RATIO_VAR))
         self.patch_size = g["patch_size"]
-        return IBOT(encoder, head, loss, ratio_range=ratio, mask_prob=0.5)
+        return IBOT(
+            encoder, head, loss, ratio_range=ratio, mask_prob=0.5,
+            min_num_patches=o.min_num_patches, shared_head_teacher=o.shared_head_teacher,
+        )  # fmt: skip
 
     def loss(
         self, model: nn.Module, images: Any, progress: float, epoch: int = 0

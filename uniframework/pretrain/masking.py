@@ -5,9 +5,25 @@ Convention everywhere: mask value 1 (True) = the patch is masked (removed / pred
 
 - `random_masking`: MAE per-sample random masking by argsort of uniform noise (He et al. 2022).
 - `simmim_mask`: SimMIM random masking of coarse *mask patches*, upsampled to the model patch
-  grid (Xie et al. 2022; defaults: mask patch 32, ratio 0.6).
+  grid (Xie et al. 2022; defaults: mask patch 32, ratio 0.6); `simmim_mask_patch_size` picks
+  the mask patch for an image size.
 - `blockwise_mask`: BEiT / iBOT block-wise masking (random rectangles of aspect ratio in
-  [0.3, 1/0.3], at least 4 patches each), used by iBOT.
+  [0.3, 1/0.3], at least `min_num_patches` each), used by iBOT.
+
+Where we follow the papers and where we do not:
+- SimMIM mask patch (paper: 32 px, its best in the ablation, official `MASK_PATCH_SIZE: 32`):
+  ours is 32 px too wherever the image allows it, capped at a quarter of the image side so that
+  every image has at least 4 x 4 mask patches. From 128 px up this *is* 32 px (192 / 224 px:
+  32); below, it is image_size // 4 (32 px: 8, 16 px: 4), because a 32 px mask patch would
+  mask the whole of a 32 px image, or 3 of the 4 blocks of a 64 px one (ratio 0.75, 4 masks).
+  Where the geometry forbids that size (it must be a multiple of the model patch and divide the
+  image) the largest size below it that fits is used. `mask_patch_size` sets any size.
+- iBOT smallest block (official `loader.py`: `(min(H, W) // 3) ** 2`, 16 patches on the
+  14 x 14 grid of 224 px / 16): ours is the same rule (at least 1): 4 on an 8 x 8 grid (32 px /
+  4), 1 on a 4 x 4 grid (16 px / 4), i.e. a block side of about a third of the grid side or
+  more, as in the paper (4 / 14). BEiT's `MaskingGenerator` default, a fixed 4, is
+  `min_num_patches=4`. Unlike BEiT / iBOT, which stop short when 10 tries place nothing, we
+  finish the exact count with smaller rectangles (down to 1 x 1).
 """
 
 from __future__ import annotations
@@ -136,6 +152,25 @@ def simmim_mask(
     return mask.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
 
 
+def simmim_mask_patch_size(image_size: int, model_patch_size: int, paper: int = 32) -> int:
+    """SimMIM's default mask patch (px) for a square image: `paper` (32), capped at a quarter
+    of the side (at least 4 x 4 mask patches), rounded down to a multiple of the model patch
+    that divides the image; the model patch itself when nothing larger fits.
+
+    224 or 192 px -> 32, 128 px -> 32, 64 px -> 16, 32 px -> 8, 16 px (patch 4) -> 4.
+    """
+    target = min(paper, image_size // 4)
+    fits = [m for m in range(model_patch_size, target + 1, model_patch_size) if image_size % m == 0]
+    return max(fits, default=model_patch_size)
+
+
+def min_block_patches(grid_size: int | Sequence[int]) -> int:
+    """iBOT's smallest masked block on an h x w patch grid: (min(h, w) // 3) ** 2, at least 1
+    (official `ImageFolderMask`): 16 on 14 x 14, 4 on 8 x 8, 1 on 4 x 4."""
+    h, w = _pair(grid_size)
+    return max(1, (min(h, w) // 3) ** 2)
+
+
 def _place_block(
     mask: torch.Tensor,
     max_new: int,
@@ -190,7 +225,7 @@ def blockwise_mask(
     batch: int,
     grid_size: int | Sequence[int],
     mask_ratio: float | Sequence[float],
-    min_num_patches: int = 4,
+    min_num_patches: int | None = None,
     aspect_ratio: tuple[float, float] = (0.3, 1 / 0.3),
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -200,10 +235,15 @@ def blockwise_mask(
     are masked until exactly int(mask_ratio * h * w) patches are masked; where BEiT would stop
     short, smaller rectangles (down to 1x1) finish the count. `mask_ratio` may be one value or
     one per sample (iBOT draws it per image from U(0.1, 0.5), 0 = unmasked image).
+    min_num_patches: None = iBOT's `min_block_patches(grid_size)` (16 on 14 x 14).
 
     Returns: [N, h, w] bool, True = masked.
     """
     h, w = _pair(grid_size)
+    if min_num_patches is None:
+        min_num_patches = min_block_patches((h, w))
+    if min_num_patches < 1:
+        raise ValueError(f"min_num_patches must be >= 1, got {min_num_patches}")
     ratios = [float(mask_ratio)] * batch if isinstance(mask_ratio, int | float) else mask_ratio
     ratios = [float(r) for r in ratios]
     if len(ratios) != batch:

@@ -29,6 +29,7 @@ from ..registry import Registry
 from ..training import warmup_cosine
 from .ibot import cosine_schedule
 from .mae import MaskedAutoencoderViT
+from .masking import simmim_mask_patch_size
 from .simmim import SimMIM, SimMIMSwin, SimMIMViT
 
 METHODS = Registry("pretraining method")
@@ -184,7 +185,8 @@ class MAE(Method):
 @METHODS.register("simmim")
 class SimMIMMethod(Method):
     """Xie et al., CVPR 2022 (arXiv 2111.09886), §4.1 and the official Swin-B config: mask 0.6 of
-    32 px mask patches (`mask_patch_size`, default image_size // 4: 8 px at 32 px), AdamW base lr
+    32 px mask patches (`mask_patch_size`; default `simmim_mask_patch_size`: the paper's 32 px
+    from 128 px up, image_size // 4 below: 8 px at 32 px; why in `masking.py`), AdamW base lr
     8e-4 at batch 2048 (= 1e-4 per 256; the official code scales by batch / 512 from 2e-4),
     betas (0.9, 0.999), wd 0.05, warm-up 10 of 100 epochs, cosine, gradient clipping 5.0,
     random resized crop (0.67, 1) + flip. ViT and Swin backbones."""
@@ -201,7 +203,7 @@ class SimMIMMethod(Method):
         kwargs = {**geometry, "drop_path_rate": cfg.drop_path_rate, **cfg.timm_kwargs}
         encoder = (SimMIMViT if vit else SimMIMSwin)(**kwargs)
         stride, patch = encoder.encoder_stride, geometry["patch_size"]
-        mask_patch = self.opts.mask_patch_size or max(patch, image_size // 4)
+        mask_patch = self.opts.mask_patch_size or simmim_mask_patch_size(image_size, patch)
         if image_size % stride or mask_patch % patch or image_size % mask_patch:
             raise UserError(
                 f"stages.pretrain.mask_patch_size = {mask_patch} must be a multiple of the "

@@ -7,6 +7,11 @@ a one-layer prediction head (1x1 conv to stride^2 * 3 + pixel shuffle); L1 loss 
 pixels only. Recipe (set by the stage): AdamW betas (0.9, 0.999), wd 0.05, random resized crop
 (0.67-1) + flip. Swin is where SimMIM is strongest.
 
+Mask patch, paper vs ours: the stage's default (`masking.simmim_mask_patch_size`) is the
+paper's 32 px from 128 px images up (192 / 224 px: 32, the paper's best), and a quarter of the
+image side below 128 px (32 px: 8, 16 px: 4), where 32 px would mask the whole image (32 px)
+or 3 of its 4 blocks (64 px); `mask_patch_size` sets any size (here and in the stage options).
+
 As in the official code, the mask token replaces the patch embedding right after patch
 embedding: for ViT before the class token is prepended and the position embedding added (so a
 masked token = mask_token + its position); for Swin after the patch-embed norm.

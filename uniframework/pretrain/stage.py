@@ -46,7 +46,10 @@ class PretrainOptions(Section):
 
     method: str = "mae"  # mae | simmim | ibot (any name in module.METHODS)
     mask_ratio: float | None = Field(None, gt=0, lt=1)  # mae 0.75, simmim 0.6, ibot 0.3 +- 0.2
-    mask_patch_size: int | None = Field(None, ge=1)  # simmim; None = image_size // 4
+    mask_patch_size: int | None = Field(None, ge=1)  # simmim; None = 32 px (paper), at most
+    # image_size // 4 (8 px at 32 px): `masking.simmim_mask_patch_size`
+    min_num_patches: int | None = Field(None, ge=1)  # ibot smallest masked block; None =
+    # (min(h, w) // 3) ** 2 patches of the h x w grid (official iBOT: 16 on 14 x 14); BEiT's 4
     decoder_dim: int = Field(128, ge=32, multiple_of=32)  # mae; paper (ViT-B) 512, heads = dim/32
     decoder_depth: int = Field(2, ge=1)  # mae; paper (ViT-B) 8
     norm_pix_loss: bool = True  # mae: per-patch normalised targets (paper default)
@@ -62,6 +65,8 @@ class PretrainOptions(Section):
     # parameter on its own)
     out_dim: int = Field(1024, ge=2)  # ibot head outputs K ([CLS] and patches); paper 8192
     shared_head: bool = True  # ibot: one last layer for [CLS] and patches (official recipes)
+    shared_head_teacher: bool = True  # ibot: the teacher shares it even when shared_head is
+    # false (official --shared_head_teacher); false = the teacher has its own patch layer too
     local_crops: int = Field(0, ge=0)  # ibot local crops (image_size*96/224 px); paper 10
     teacher_momentum: float = Field(0.996, ge=0, le=1)  # ibot EMA start, cosine to 1 (paper)
     teacher_temp: float = Field(0.07, gt=0)  # ibot, after warm-up from 0.04 (paper)
