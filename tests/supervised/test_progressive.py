@@ -46,7 +46,8 @@ def test_epochs_split_into_equal_stages():
 def test_schedule_at_every_stage_with_the_defaults():
     plan = progressive_schedule(ProgressiveOptions(), final_size=32, total_epochs=8)
     assert [s.image_size for s in plan] == [16, 16, 21, 21, 27, 27, 32, 32]
-    assert [s.randaugment for s in plan[::2]] == [5, 8, 12, 15]
+    # RandAugment 5 -> 15 on the paper's TF scale = torchvision magnitudes 3 x linspace(5, 15, 4)
+    assert [s.randaugment for s in plan[::2]] == [15, 25, 35, 45]
     assert [s.dropout for s in plan[::2]] == pytest.approx([0.1, 0.1667, 0.2333, 0.3], abs=1e-3)
     assert all(s.mixup == 0.0 for s in plan)  # V2-S: no mixup
     with pytest.raises(UserError, match="progressive.start_size"):

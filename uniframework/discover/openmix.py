@@ -13,6 +13,19 @@ ours is the novel head itself — its rows start as k-means centroids of the sup
 and its pseudo-labels are refreshed at every step as the Sinkhorn-balanced assignment of one
 augmented view, trained on the other view (the self-labelling of `uno.py`). The equipartition
 keeps the refreshed pseudo-labels from collapsing onto a few classes.
+
+Where the anchors' confidence comes from (option `anchor_from`):
+- `network` (default, the paper's rule): the network's own class probability — the softmax over
+  the novel outputs of the head, detached, averaged over the two views — and the anchor's class
+  is the argmax of that same distribution. The paper's threshold 0.9 is a statement about this
+  probability, so `anchor_threshold` keeps its meaning. With our k-means-initialised head the
+  softmax starts flat (no row reaches 0.9), so anchors appear once self-labelling has sharpened
+  the head; from then on they are fewer and more often right than the Sinkhorn rule's.
+- `sinkhorn` (our earlier rule): the Sinkhorn pseudo-label `p_u` itself. It is batch-dependent
+  and forced to be balanced, so a row's maximum says how the batch was shared out as much as
+  how sure the network is: the same 0.9 then selects a different set, and the same image can
+  be an anchor in one batch and not in another.
+The partner's share of an anchor mixture is its pseudo-label `p_u` under both rules.
 """
 
 from __future__ import annotations
@@ -41,6 +54,28 @@ def anchor_target(
     hard = F.one_hot(anchor_probs.argmax(1), anchor_probs.shape[1]).to(other_probs.dtype)
     zeros = other_probs.new_zeros(len(other_probs), num_known)
     return torch.cat([zeros, lam * hard + (1 - lam) * other_probs], dim=1)
+
+
+def anchor_confidence(
+    source: str, logits1: torch.Tensor, logits2: torch.Tensor, pseudo: torch.Tensor, num_known: int
+) -> torch.Tensor:
+    """The [B, n] distribution reliable anchors are chosen on (option `anchor_from`).
+
+    `network`: the mean of the two views' softmax over the novel outputs of their logits
+    [B, k + n], detached (a selection rule, not a training signal). `sinkhorn`: the pseudo-label
+    `pseudo` [B, n] itself.
+    """
+    if source == "sinkhorn":
+        return pseudo
+    p1 = F.softmax(logits1.detach()[:, num_known:].float(), dim=1)
+    p2 = F.softmax(logits2.detach()[:, num_known:].float(), dim=1)
+    return 0.5 * (p1 + p2)
+
+
+def reliable_anchors(probs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """[B, n] class distributions -> indices [A] of the rows whose top probability is at least
+    `threshold` (OpenMix's reliable anchors; the paper's threshold is 0.9)."""
+    return (probs.max(1).values >= threshold).nonzero().squeeze(1)
 
 
 class OpenMixModule(DiscoverModule):
@@ -72,12 +107,14 @@ class OpenMixModule(DiscoverModule):
         self.log("train_self_label_loss", self_label, on_epoch=True, on_step=False)
         self.log("train_mix_loss", mix, on_epoch=True, on_step=False)
         loss = loss + self_label + o.mix_weight * mix
-        anchors = (pu.max(1).values >= o.anchor_threshold).nonzero().squeeze(1)
+        # [B, n] the distribution the anchors are chosen on; their class is its argmax too
+        conf = anchor_confidence(o.anchor_from, lu1, lu2, pu, k)
+        anchors = reliable_anchors(conf, o.anchor_threshold)
         if o.anchor_weight > 0 and len(anchors) > 1:  # a batch of 1 breaks BatchNorm
             partner = torch.randint(0, b, (len(anchors),), device=xu1.device)
             lam_a = float(self.beta.sample())
             xa = lam_a * xu1[anchors] + (1 - lam_a) * xu2[partner]
-            ta = anchor_target(pu[anchors], pu[partner], lam_a, k)
+            ta = anchor_target(conf[anchors], pu[partner], lam_a, k)
             amix = soft_cross_entropy(self.model(xa), ta)
             self.log("train_anchor_loss", amix, on_epoch=True, on_step=False)
             loss = loss + o.anchor_weight * amix

@@ -13,9 +13,23 @@ The paper's settings (Table 6, min → max; M = 4 stages):
 
 Our defaults are the V2-S row with the final size = `data.image_size` and the start size half of
 it. Stages are whole epochs (epoch e of E is in stage `e·M // E`; M is capped at E). Validation
-and test always use the final size. RandAugment is torchvision's (`v2.RandAugment`, 2 ops,
-magnitude on its 0–30 scale where 30 is each op's full range); the paper's magnitudes are on
-TF's scale, where 10 is the full range, so the same numbers are milder here.
+and test always use the final size. RandAugment is torchvision's (`v2.RandAugment`, 2 ops).
+
+RandAugment magnitudes (option `randaugment_scale`):
+- `tf` (default, the paper's scale): the configured magnitudes are TF levels, where 10 is the end
+  of each op's range (TF's `_MAX_LEVEL = 10`, the official EfficientNetV2 `autoaugment.py`).
+  torchvision reaches the same end at magnitude 30 of its 31 bins, so level m becomes torchvision
+  magnitude 3m (5 -> 15, 10 -> 30). The endpoints are converted before the linear ramp, so V2-S's
+  5 -> 15 over 4 stages gives 15, 25, 35, 45 = 3 x the official `np.linspace(5, 15, 4)`.
+  Past level 10 (V2-S ends at 15, V2-L at 25) the official code does not clip: rotate, shear and
+  translate keep growing linearly (45 degrees at 15). A larger `num_magnitude_bins` would not do
+  that — torchvision spreads each op's fixed range over the bins, so `linspace(0, max, 3m+1)[3m]`
+  is the max again — so `RandAugmentPastMax` continues those five geometric ops at the same step
+  per bin and holds the photometric ops at torchvision's end (their signed factors 1 ± 0.9 turn
+  invalid a little further on, and TF's own photometric ops past 10 are no guide: its enhance
+  factors grow, posterize weakens, solarize becomes the identity).
+- `torchvision` (the earlier behaviour): the magnitudes are torchvision's 0–30 scale as given,
+  where 30 is each op's end — the paper's numbers then mean about a third of its strength.
 
 The train transform reads (size, magnitude) from a shared-memory tensor, so a change made by
 the callback in the main process reaches DataLoader workers too (`num_workers > 0`, persistent
@@ -27,7 +41,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -49,6 +63,8 @@ class ProgressiveOptions(Section):
     stages: int = Field(4, ge=2)  # M (paper: 4)
     start_size: int | None = Field(None, ge=4)  # S_0; None = data.image_size // 2 (at least 8)
     randaugment: tuple[int, int] = (5, 15)  # magnitude, start -> end (0 = no RandAugment)
+    # the scale of `randaugment`: `tf` = the paper's (10 = each op's end), `torchvision` = 0..30
+    randaugment_scale: Literal["tf", "torchvision"] = "tf"
     mixup: tuple[float, float] = (0.0, 0.0)  # mixup alpha, start -> end (0 = no mixup)
     dropout: tuple[float, float] = (0.1, 0.3)  # dropout before the head, start -> end
 
@@ -56,7 +72,10 @@ class ProgressiveOptions(Section):
     @classmethod
     def _magnitude(cls, v: tuple[int, int]) -> tuple[int, int]:
         if not all(0 <= m <= 30 for m in v):
-            raise ValueError("RandAugment magnitudes must lie in 0..30 (torchvision's scale)")
+            raise ValueError(
+                "RandAugment magnitudes must lie in 0..30 (on the `tf` scale 10 is each op's "
+                "end, on the `torchvision` scale 30)"
+            )
         return v
 
     @field_validator("mixup", "dropout")
@@ -80,9 +99,19 @@ class StageSettings:
     """What one stage trains with."""
 
     image_size: int
-    randaugment: int  # magnitude
+    randaugment: int  # torchvision magnitude (30 = each op's end; above: RandAugmentPastMax)
     mixup: float  # alpha
     dropout: float
+
+
+TV_BINS = 31  # torchvision's num_magnitude_bins: magnitudes 0..30, 30 = each op's end
+TF_MAX_LEVEL = 10  # TF RandAugment's end of each op's range (autoaugment.py `_MAX_LEVEL`)
+
+
+def torchvision_magnitude(level: int, scale: str) -> int:
+    """A configured RandAugment magnitude -> torchvision's: `tf` level m -> 3m (TF's 10 is
+    torchvision's 30), `torchvision` as given."""
+    return level * (TV_BINS - 1) // TF_MAX_LEVEL if scale == "tf" else level
 
 
 def progressive_stage(epoch: int, total_epochs: int, num_stages: int) -> tuple[int, int]:
@@ -116,7 +145,8 @@ def endpoints(opts: ProgressiveOptions, final_size: int) -> tuple[StageSettings,
             f"config key 'stages.supervised.progressive.start_size' = {s0} is larger than "
             f"data.image_size = {final_size}: the image size must rise; lower start_size"
         )
-    (r0, r1), (m0, m1), (d0, d1) = opts.randaugment, opts.mixup, opts.dropout
+    r0, r1 = (torchvision_magnitude(r, opts.randaugment_scale) for r in opts.randaugment)
+    (m0, m1), (d0, d1) = opts.mixup, opts.dropout
     return StageSettings(s0, r0, m0, d0), StageSettings(final_size, r1, m1, d1)
 
 
@@ -159,6 +189,47 @@ def set_dropout(backbone: nn.Module, rate: float) -> bool:
     return False
 
 
+# torchvision's ops that TF's RandAugment keeps growing linearly past its level 10
+_GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+
+
+def _past_max(magnitudes, linear: bool):
+    """One op's `magnitudes(num_bins, h, w)` -> the same values at bins 0..30 and, past 30,
+    either the same step per bin (`linear`) or the value at 30."""
+
+    def extended(num_bins: int, height: int, width: int):
+        base = magnitudes(TV_BINS, height, width)  # [31] torchvision's own values, or None
+        if base is None or num_bins <= TV_BINS:
+            return base
+        extra = torch.arange(TV_BINS, num_bins)
+        if linear:  # every geometric range starts at 0: step = end / 30
+            return torch.cat([base, base[-1] / (TV_BINS - 1) * extra])
+        return torch.cat([base, base[-1:].expand(len(extra))])
+
+    return extended
+
+
+class RandAugmentPastMax(v2.RandAugment):
+    """torchvision's RandAugment for magnitudes above 30 (TF levels above 10): the geometric ops
+    grow on linearly, the photometric ones stay at their end (see the module docstring)."""
+
+    _AUGMENTATION_SPACE = {
+        name: (_past_max(fn, name in _GEOMETRIC), signed)
+        for name, (fn, signed) in v2.RandAugment._AUGMENTATION_SPACE.items()
+    }
+
+    def __init__(self, num_ops: int, magnitude: int) -> None:
+        super().__init__(num_ops, magnitude, num_magnitude_bins=max(TV_BINS, magnitude + 1))
+
+
+def rand_augment(magnitude: int, num_ops: int = 2) -> v2.RandAugment:
+    """RandAugment at a torchvision magnitude: torchvision's own up to 30, past it the
+    extension."""
+    if magnitude < TV_BINS:
+        return v2.RandAugment(num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=TV_BINS)
+    return RandAugmentPastMax(num_ops, magnitude)
+
+
 class ProgressiveTransform:
     """The train transform at the current stage's (size, RandAugment magnitude).
 
@@ -183,7 +254,7 @@ class ProgressiveTransform:
         if key not in self._cache:
             tf = make_transform(self.base, key[0], train=True, augment=self.augment)
             if key[1] > 0:  # on uint8, after crop/flip, before ToDtype + Normalize
-                tf.transforms.insert(-2, v2.RandAugment(num_ops=2, magnitude=key[1]))
+                tf.transforms.insert(-2, rand_augment(key[1]))
             self._cache[key] = tf
         return self._cache[key](image)
 
