@@ -1,6 +1,7 @@
 """Open-world detection figures for BENCHMARKS.md: ORE vs a plain Faster R-CNN on digit scenes.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detect.py [--epochs 6] [--num-train 600]
+        [--out detect.json] [key=value ...]
 
 Digit scenes (112 px, 2-5 digits per scene, 18-36 px high), two tasks: task 1 knows digits 0-4,
 task 2 adds 5-7, digits 8 and 9 are never known (at task 1, 5-9 are unknown). Both methods use
@@ -8,7 +9,8 @@ the same detector (resnet_tiny + FPN Faster R-CNN, from scratch), the same epoch
 the same class-balanced exemplar fine-tune after task 2; the baseline has no unknown class, no
 clustering and no energy identifier. One CPU thread. Prints known mAP@50 (prev / cur / all),
 U-Recall@50, WI (at recall 0.8) and A-OSE per task and method, and the wall time per method.
-Writes benchmarks/out/detect.json.
+`key=value` arguments set the detect stage's options for every method (e.g. `unknown_iou=0.3
+prototype_every=10`: the defaults before issue 20). Writes benchmarks/out/<--out>.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from uniframework.config import load_config
 from uniframework.pipeline import run
@@ -40,6 +43,7 @@ def run_method(method: str, args: argparse.Namespace) -> tuple[dict, float]:
         "finetune_epochs": args.finetune_epochs,
         "exemplars_per_class": args.exemplars,
         "figures": False,
+        **{k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.options)},
     }
     cfg = load_config(
         None,
@@ -65,6 +69,8 @@ def main() -> None:
     parser.add_argument("--num-test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", default="ore,baseline")
+    parser.add_argument("--out", default="detect.json", help="file name under benchmarks/out")
+    parser.add_argument("options", nargs="*", help="detect stage options, key=value")
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -72,6 +78,7 @@ def main() -> None:
         f"detect benchmark: {platform.processor() or platform.machine()}, 1 thread, "
         f"torch {torch.__version__}; {args.num_train} train / {args.num_test} test scenes, "
         f"{args.epochs} epochs per task + {args.finetune_epochs} fine-tune epochs, seed {args.seed}"
+        + (f"; options {' '.join(args.options)}" if args.options else "")
     )
     results = {}
     for method in args.methods.split(","):
@@ -94,7 +101,7 @@ def main() -> None:
             print(f"{method:<9} {t:<5} " + " ".join(row))
     print("(mAP and U-Recall in %, WI as a fraction, A-OSE a count of detections)")
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "detect.json").write_text(json.dumps({"args": vars(args), **results}, indent=2))
+    (OUT / args.out).write_text(json.dumps({"args": vars(args), **results}, indent=2))
 
 
 if __name__ == "__main__":
