@@ -1,4 +1,5 @@
-"""OpenMix's reliable anchors: the paper's rule (network confidence) is the default."""
+"""OpenMix's reliable anchors: the Sinkhorn pseudo-label's confidence by default (measured),
+the paper's rule (the network's own confidence) as an option."""
 
 import warnings
 
@@ -54,18 +55,17 @@ def test_network_confidence_is_the_mean_softmax_of_both_views_over_the_novel_out
     assert reliable_anchors(conf, 0.9).tolist() == [2]
 
 
-def test_the_default_picks_anchors_and_their_class_by_the_networks_own_probability():
-    assert DiscoverOptions().anchor_from == "network"  # the paper's rule (OpenMix §3.3)
+def test_the_paper_rule_picks_anchors_and_their_class_by_the_networks_own_probability():
+    o = DiscoverOptions(anchor_from="network")  # the paper's rule (OpenMix §3.3)
     logits, pseudo = _disagreeing_batch()
-    o = DiscoverOptions()
     conf = anchor_confidence(o.anchor_from, logits, logits, pseudo, num_known=2)
     anchors = reliable_anchors(conf, o.anchor_threshold)
     assert anchors.tolist() == [0, 2]
     assert conf[anchors].argmax(1).tolist() == [0, 2]  # the anchor's class: the same argmax
-    # the option keeps the earlier rule: the Sinkhorn pseudo-label's own confidence and class
-    old = anchor_confidence("sinkhorn", logits, logits, pseudo, num_known=2)
-    assert reliable_anchors(old, o.anchor_threshold).tolist() == [1]
-    assert DiscoverOptions(anchor_from="sinkhorn").anchor_from == "sinkhorn"
+    # the default: the Sinkhorn pseudo-label's own confidence and class
+    assert DiscoverOptions().anchor_from == "sinkhorn"
+    default = anchor_confidence(DiscoverOptions().anchor_from, logits, logits, pseudo, 2)
+    assert reliable_anchors(default, o.anchor_threshold).tolist() == [1]
     with pytest.raises(ValueError):
         DiscoverOptions(anchor_from="softmax")
 
@@ -79,7 +79,7 @@ def test_training_step_chooses_anchors_on_the_configured_distribution(monkeypatc
     torch.manual_seed(0)
     k, n, b = 2, 3, 8
     model = Classifier(_Flat(nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6)), k + n)
-    opts = DiscoverOptions() if source == "network" else DiscoverOptions(anchor_from=source)
+    opts = DiscoverOptions(anchor_from=source)
     module = OpenMixModule(model, opts, num_known=k)
     seen = []
 

@@ -132,9 +132,15 @@ def _to_share(
     return [c[: int(round(keep * len(c)))] for c in known], novel
 
 
+def is_novel(split: OpenWorldSplit, train_targets: np.ndarray, index) -> np.ndarray:
+    """[N] bool: whether each training image `index` [N] is of a novel class — the hidden truth,
+    for evaluation only (selection precision / recall, the pool's make-up)."""
+    return split.remap(np.asarray(train_targets)[np.asarray(index)]) >= split.num_known
+
+
 def pool_makeup(split: OpenWorldSplit, train_targets: np.ndarray) -> dict[str, float]:
     """How the unlabelled pool was made up (from the hidden truth; for reports only)."""
-    novel = split.remap(np.asarray(train_targets)[split.unlabelled]) >= split.num_known
+    novel = is_novel(split, train_targets, split.unlabelled)
     return {
         "unlabelled_known": int((~novel).sum()),
         "unlabelled_novel": int(novel.sum()),

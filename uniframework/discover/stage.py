@@ -84,7 +84,9 @@ class DiscoverOptions(Section):
     warmup_epochs: float = Field(0.0, ge=0)
     mix_alpha: float = Field(1.0, gt=0)  # mixing coefficient lam ~ Beta(alpha, alpha)
     anchor_threshold: float = Field(0.9, gt=0, le=1)  # OpenMix: confidence of reliable anchors
-    anchor_from: Literal["network", "sinkhorn"] = "network"  # OpenMix: anchor confidence source
+    # OpenMix anchors: `network` (paper: the head's softmax) or `sinkhorn` (the balanced
+    # pseudo-label; the default, measured better from a k-means start: openmix.py)
+    anchor_from: Literal["network", "sinkhorn"] = "sinkhorn"
     anchor_weight: float = Field(1.0, ge=0)
     mix_weight: float = Field(1.0, ge=0)  # OpenMix: labelled x unlabelled mixtures
     sinkhorn_epsilon: float = Field(0.05, gt=0)

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field, model_validator
 
 from ..config import Section
-from ..data.splits import pool_makeup
+from ..data.splits import is_novel, pool_makeup
 from ..errors import UserError
 from ..registry import STAGES
 from ..training import extract
@@ -190,9 +190,7 @@ class OpensetStage:
         metrics.update({m: metrics[f"{opts.detector}.{m}"] for m in chosen})
         metrics["known_acc"] = float(known_correct[~is_unknown].float().mean())
         # the selection against the pool's hidden truth (evaluation only)
-        pool_novel = torch.from_numpy(
-            split.remap(data.train.targets[pool["index"].numpy()]) >= split.num_known
-        )
+        pool_novel = torch.from_numpy(is_novel(split, data.train.targets, pool["index"].numpy()))
         metrics["auto_unknowns"] = len(auto)
         metrics.update(selection_quality(auto, pool_novel))
         metrics["auto_unknowns_truly_novel"] = metrics["auto_unknown_precision"]  # older name

@@ -11,6 +11,7 @@ import logging
 import numpy as np
 import torch
 
+from ..data.splits import is_novel
 from ..errors import UserError
 from ..io import save_weights
 from ..models import build_classifier
@@ -129,10 +130,10 @@ def pool_selection(data, picked: list[torch.Tensor]) -> dict[str, float]:
     """`auto_unknown_precision|recall|auto_unknowns` of the pool images trained as unknown
     (dataset indices, repeats counted once) against the pool's hidden truth."""
     pool = data.split.unlabelled
-    is_novel = torch.from_numpy(data.split.remap(data.train.targets[pool]) >= data.split.num_known)
+    truth = torch.from_numpy(is_novel(data.split, data.train.targets, pool))
     taken = np.unique(torch.cat(picked).numpy()) if picked else np.zeros(0, np.int64)
     position = torch.from_numpy(np.nonzero(np.isin(pool, taken))[0])
-    return {"auto_unknowns": len(position), **selection_quality(position, is_novel)}
+    return {"auto_unknowns": len(position), **selection_quality(position, truth)}
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
