@@ -2,7 +2,7 @@
 run of the demo and of the cifar10-mini loop, against this machine's measured matmul peak.
 
     .venv/bin/python benchmarks/throughput.py [--only demo|cifar10-mini] [--threads N]
-        [--peak-size 2048] [key=value ...]
+        [--peak-size 2048] [--peak-device cpu|cuda] [--peak-dtype fp32|bf16] [key=value ...]
 
 Each loop runs its shipped config (configs/demo.yaml, configs/openworld-cifar10-mini.yaml; the
 overrides apply to every loop) from an empty run folder, benchmarks/out/throughput-<name>/, with
@@ -17,7 +17,9 @@ incremental task and its balanced fine-tune, pretrain):
 - achieved FLOP/s = FLOPs per step x steps / seconds, over the fit's wall time and over the
   steps' time alone; MFU = achieved / peak.
 The peak is the best of several fp32 `torch.mm` products of `--peak-size` square matrices on
-the same threads, measured at the start of the run (2 n^3 FLOPs each). Each stage's wall time
+the same threads, measured at the start of the run (2 n^3 FLOPs each); on a GPU
+(`--peak-device cuda --peak-dtype bf16 trainer.accelerator=gpu trainer.precision=bf16-mixed`)
+the bf16 product on the GPU. Each stage's wall time
 (`state.json`) is split into its fits and the rest (feature extraction, k-means, herding,
 evaluation, figures). Prints one table per loop and writes benchmarks/out/throughput.json. Run
 it on a quiet machine: every figure is a time.
@@ -47,15 +49,18 @@ OUT = Path("benchmarks/out")
 LOOPS = {"demo": "configs/demo.yaml", "cifar10-mini": "configs/openworld-cifar10-mini.yaml"}
 
 
-def matmul_peak(n: int = 2048, repeats: int = 12) -> float:
-    """FLOP/s of the fastest of `repeats` fp32 n x n matrix products (after a warm-up)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak(n: int = 2048, repeats: int = 12, device: str = "cpu", dtype=torch.float32):
+    """FLOP/s of the fastest of `repeats` n x n matrix products (after a warm-up)."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(3):
         torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
 
@@ -174,7 +179,7 @@ def run_loop(name: str, overrides: list[str], peak: float) -> dict:
 
 
 def print_loop(name: str, result: dict, peak: float) -> None:
-    print(f"\n== {name}: {result['wall_s']:.0f} s wall; peak fp32 matmul {peak / 1e9:.0f} GFLOP/s")
+    print(f"\n== {name}: {result['wall_s']:.0f} s wall; peak matmul {peak / 1e9:.0f} GFLOP/s")
     print(
         f"{'fit':<32}{'steps':>6}{'img/s':>8}{'GFLOP/img':>10}{'GFLOP/s':>9}{'MFU':>7}"
         f"{'MFU in steps':>13}{'outside steps':>14}{'validation':>11}{'wall s':>8}"
@@ -197,10 +202,13 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(LOOPS))
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--peak-size", type=int, default=2048)
+    parser.add_argument("--peak-device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--peak-dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    peak = matmul_peak(args.peak_size)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.peak_dtype]
+    peak = matmul_peak(args.peak_size, device=args.peak_device, dtype=dtype)
     results = {}
     for name in [args.only] if args.only else list(LOOPS):
         results[name] = run_loop(name, args.overrides, peak)
