@@ -116,7 +116,7 @@ def test_a_degenerate_unknown_fit_falls_back_to_the_known_weibull():
 # --- issue 20: where the defaults follow ORE / OWOD and where they do not
 
 
-def test_auto_label_default_is_owod_background_iou():
+def test_auto_label_default_is_ours_and_owod_background_iou_an_option():
     import inspect
 
     from uniframework.detect.model import OpenWorldDetector, OpenWorldRoIHeads
@@ -132,14 +132,15 @@ def test_auto_label_default_is_owod_background_iou():
     )
     objectness = torch.tensor([0.9, 0.8, 0.1])
     # OWOD takes what its RoI matcher (IOU_THRESHOLDS [0.5]) labels background: IoU < 0.5
-    assert auto_label_unknowns(proposals, objectness, gt).tolist() == [1]
-    assert auto_label_unknowns(proposals, objectness, gt, k=3).tolist() == [1, 2]
-    # our earlier 0.3 stays an option: the IoU-0.4 box is then no candidate
-    assert auto_label_unknowns(proposals, objectness, gt, iou_thresh=0.3).tolist() == [2]
-    assert DetectOptions().unknown_iou == 0.5
-    assert model_kwargs(DetectOptions(), 8)["unknown_iou"] == 0.5
+    assert auto_label_unknowns(proposals, objectness, gt, iou_thresh=0.5).tolist() == [1]
+    assert auto_label_unknowns(proposals, objectness, gt, k=3, iou_thresh=0.5).tolist() == [1, 2]
+    # our default 0.3 (measured): the IoU-0.4 near-miss box is no candidate
+    assert auto_label_unknowns(proposals, objectness, gt).tolist() == [2]
+    assert DetectOptions().unknown_iou == 0.3
+    assert DetectOptions(unknown_iou=0.5).unknown_iou == 0.5
+    assert model_kwargs(DetectOptions(), 8)["unknown_iou"] == 0.3
     for cls in (OpenWorldDetector, OpenWorldRoIHeads):
-        assert inspect.signature(cls).parameters["unknown_iou"].default == 0.5
+        assert inspect.signature(cls).parameters["unknown_iou"].default == 0.3
 
 
 def test_clustering_defaults_pinned():

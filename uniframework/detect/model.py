@@ -36,7 +36,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..config import ModelConfig
 from ..errors import UserError
-from .ore import BACKGROUND_IOU, auto_label_unknowns
+from .ore import UNKNOWN_IOU, auto_label_unknowns
 
 MASKED = -1e4  # logit of a class that is not seen yet (softmax ~ 0, finite for the energy)
 
@@ -107,7 +107,8 @@ class OpenWorldRoIHeads(RoIHeads):
 
     `num_classes`: C known classes over all tasks; `unknown`: add the "unknown" output C + 1,
     trained on the top-`unknown_topk` proposals per image (by objectness) whose IoU with every
-    ground-truth box is below `unknown_iou` (OWOD: 0.5, what its RoI matcher calls background).
+    ground-truth box is below `unknown_iou` (default 0.3, measured; OWOD: 0.5, what its RoI
+    matcher calls background).
     `num_seen`: classes known so far (1..num_seen unmasked).
     """
 
@@ -117,7 +118,7 @@ class OpenWorldRoIHeads(RoIHeads):
         num_classes: int,
         unknown: bool,
         unknown_topk: int = 1,
-        unknown_iou: float = BACKGROUND_IOU,
+        unknown_iou: float = UNKNOWN_IOU,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -249,7 +250,7 @@ class OpenWorldDetector(nn.Module):
         detections_per_img: int = 50,
         score_thresh: float = 0.05,
         unknown_topk: int = 1,
-        unknown_iou: float = BACKGROUND_IOU,
+        unknown_iou: float = UNKNOWN_IOU,
         mean: tuple[float, ...] = (0.5, 0.5, 0.5),
         std: tuple[float, ...] = (0.25, 0.25, 0.25),
     ) -> None:

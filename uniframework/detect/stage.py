@@ -45,7 +45,7 @@ from .datasets import DetectionSet, load_coco, load_voc
 from .engine import detect_all, device_for, exemplar_set, heldout_logits, train_detector
 from .metrics import owod_metrics
 from .model import OpenWorldDetector
-from .ore import BACKGROUND_IOU, ContrastiveClustering, fit_identifier
+from .ore import UNKNOWN_IOU, ContrastiveClustering, fit_identifier
 from .scenes import digit_scenes
 from .tasks import TaskProtocol, build_protocol, split_images
 
@@ -95,7 +95,7 @@ class DetectOptions(Section):
     # ORE (ignored by method: baseline)
     unknown_topk: int = Field(1, ge=1)  # auto-labelled unknowns per image (OWOD: 1)
     # "overlaps no GT": IoU below this with every box (OWOD: 0.5, its RoI background threshold)
-    unknown_iou: float = Field(BACKGROUND_IOU, gt=0, le=1)
+    unknown_iou: float = Field(UNKNOWN_IOU, gt=0, le=1)  # OWOD: 0.5 (BACKGROUND_IOU)
     contrastive_weight: float = Field(0.1, ge=0)
     # raw RoI features (paper) or L2-normalised features and prototypes in the hinge loss
     contrastive_features: Literal["raw", "normalised"] = "raw"
