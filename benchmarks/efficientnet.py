@@ -1,6 +1,7 @@
 """EfficientNet figures for BENCHMARKS.md: compound scaling and progressive learning on the CPU.
 
     .venv/bin/python benchmarks/efficientnet.py [--only table|cifar] [--budget-min 6]
+        [--runs plain,progressive,progressive-torchvision]
 
 `table`: for B0–B7 (published presets), V2-S/M/L and `efficientnet(φ)` at several φ: parameters
 (1000-class head), multiply-adds at the model's own resolution (torch's FlopCounterMode, which
@@ -118,7 +119,14 @@ def step_seconds(size: int, batch: int = 128) -> float:
     return statistics.median(times)
 
 
-def cifar(budget_min: float) -> dict:
+RUNS = {  # name -> overrides; `progressive-torchvision`: RandAugment on torchvision's milder scale
+    "plain": [],
+    "progressive": ["stages.supervised.progressive=true"],
+    "progressive-torchvision": ["stages.supervised.progressive={randaugment_scale: torchvision}"],
+}
+
+
+def cifar(budget_min: float, runs: list[str]) -> dict:
     base = [
         f"data.root={CIFAR}",
         "model.backbone=efficientnet_b0",
@@ -147,10 +155,9 @@ def cifar(budget_min: float) -> dict:
         prog_epochs += 1
     base += ["trainer.limit_train_batches=5", "data.val_fraction=0"]
     results = {}
-    for name, epochs, extra in [
-        ("plain", plain_epochs, []),
-        ("progressive", prog_epochs, ["stages.supervised.progressive=true"]),
-    ]:
+    for name in runs:
+        extra = RUNS[name]
+        epochs = prog_epochs if extra else plain_epochs
         cfg = load_config(
             "configs/cifar10-mini.yaml",
             base + extra + [f"trainer.max_epochs={epochs}", f"name=bench-effnet-{name}"],
@@ -175,6 +182,7 @@ def main() -> None:
     p.add_argument("--only", choices=["table", "cifar"])
     p.add_argument("--budget-min", type=float, default=6.0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (2 on a quiet 2-core box)")
+    p.add_argument("--runs", default="plain,progressive", help=f"cifar runs, of {', '.join(RUNS)}")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -186,7 +194,7 @@ def main() -> None:
     if args.only in (None, "table"):
         results["table"] = table()
     if args.only in (None, "cifar"):
-        results["cifar"] = cifar(args.budget_min)
+        results["cifar"] = cifar(args.budget_min, args.runs.split(","))
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "efficientnet.json").write_text(json.dumps(results, indent=2))
 
