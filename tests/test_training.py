@@ -1,10 +1,11 @@
-"""training.ChannelsLast (`trainer.channels_last`): NHWC while fitting, NCHW after."""
+"""training.ChannelsLast (`trainer.channels_last`): NHWC while fitting, NCHW after;
+training.Compile (`trainer.compile`): the backbones compiled for the fit, eager after."""
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from uniframework.training import ChannelsLast
+from uniframework.training import ChannelsLast, Compile, compile_targets
 
 
 class _Net(L.LightningModule):
@@ -52,3 +53,71 @@ def test_channels_last_runs_the_fit_nhwc_and_hands_back_nchw():
 
 def test_without_it_the_fit_stays_nchw():
     assert _fit([]).seen == [(False, False), (False, False)]
+
+
+class _Backboned(L.LightningModule):
+    """A Classifier-like module: the steps call `model.backbone` as a module, not `model`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = torch.nn.Module()
+        self.model.backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+        self.model.head = torch.nn.Linear(64, 2)
+        self.compiled, self.losses = [], []
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        self.compiled.append(self.model.backbone._compiled_call_impl is not None)
+        loss = self.model.head(self.model.backbone(x)).square().mean()
+        self.losses.append(loss.item())
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_compile_targets_the_topmost_backbones_else_the_model():
+    net = _Backboned()
+    assert compile_targets(net) == [net.model.backbone]
+    net.model.backbone.encoder = torch.nn.Linear(2, 2)  # inside a backbone: not a second target
+    assert compile_targets(net) == [net.model.backbone]
+    bare = L.LightningModule()
+    bare.model = torch.nn.Linear(2, 2)  # MAE: no backbone, the model itself
+    assert compile_targets(bare) == [bare.model]
+
+
+def test_compile_runs_the_fit_compiled_with_eager_numbers_and_hands_back_eager():
+    data = DataLoader(TensorDataset(torch.randn(8, 3, 6, 6)), batch_size=4)
+    runs = {}
+    # aot_eager: dynamo + AOTAutograd as inductor, without its minute of C++ code generation
+    for name, callbacks in (("eager", []), ("compiled", [Compile("aot_eager")])):
+        torch.manual_seed(0)
+        net = _Backboned()
+        keys = list(net.state_dict())
+        trainer = L.Trainer(
+            max_epochs=2,
+            accelerator="cpu",
+            callbacks=callbacks,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(net, data)
+        runs[name] = net
+        assert list(net.state_dict()) == keys  # in place: names (and saved files) unchanged
+    assert runs["compiled"].compiled == [True] * 4 and runs["eager"].compiled == [False] * 4
+    assert runs["compiled"].model.backbone._compiled_call_impl is None  # eager after the fit
+    torch.testing.assert_close(runs["compiled"].losses, runs["eager"].losses, rtol=1e-4, atol=1e-5)
+
+
+def test_the_trainer_options_add_the_callbacks(tmp_path):
+    from uniframework.config import TrainerConfig
+    from uniframework.training import make_trainer
+
+    def kinds(**options):
+        cfg = TrainerConfig(accelerator="cpu", enable_progress_bar=False, **options)
+        return {type(c) for c in make_trainer(cfg, tmp_path, "supervised").callbacks}
+
+    assert {Compile, ChannelsLast} <= kinds(compile=True, channels_last=True)
+    assert not {Compile, ChannelsLast} & kinds()

@@ -94,6 +94,9 @@ class TrainerConfig(Section):
     # NHWC memory format for every fit's weights, so every convolution runs channels-last
     # (faster on CPUs: BENCHMARKS.md "Throughput"); saved weights stay plain NCHW
     channels_last: bool = False
+    # torch.compile (inductor) on each fit's backbone / encoder (`training.compile_targets`);
+    # off by default: BENCHMARKS.md "Throughput" has what it pays on this CPU
+    compile: bool = False
     # CSV is always written (logs/<stage>/csv); tensorboard adds logs/<stage>/tensorboard,
     # mlflow adds one MLflow run per run directory (needs the `mlflow` extra), csv adds nothing
     logger: Literal["tensorboard", "mlflow", "csv"] = "tensorboard"

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from torch import nn
 from torch.utils.data import DataLoader
 
 from . import console
@@ -65,11 +66,49 @@ def make_trainer(
         enable_progress_bar=bar,
         enable_model_summary=console.verbose(),
         num_sanity_val_steps=0,
-        callbacks=[RngState(), ckpt, *progress, *([ChannelsLast()] if cfg.channels_last else [])],
+        callbacks=[
+            RngState(),
+            ckpt,
+            *progress,
+            *([ChannelsLast()] if cfg.channels_last else []),
+            *([Compile()] if cfg.compile else []),
+        ],
         logger=_loggers(cfg, run_dir, stage),
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
     )
+
+
+def compile_targets(module: nn.Module) -> list[nn.Module]:
+    """The submodules `trainer.compile` compiles: the top-most ones named `backbone` or
+    `encoder` (where every stage's steps spend their FLOPs: they are called as modules, while a
+    Classifier's own `forward` is not), else the module's `model` (MAE)."""
+    found: list[str] = []
+    for name, _ in module.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if last in ("backbone", "encoder") and not any(name.startswith(f + ".") for f in found):
+            found.append(name)
+    if not found and isinstance(getattr(module, "model", None), nn.Module):
+        found = ["model"]
+    return [module.get_submodule(n) for n in found]
+
+
+class Compile(L.Callback):
+    """`trainer.compile`: `torch.compile` (inductor) on `compile_targets` for the fit, in place
+    (`nn.Module.compile`: parameter names and saved weights unchanged), undone when the fit
+    ends so evaluation after it runs eagerly. Costs a compile per new input shape. `backend`:
+    torch.compile's (tests use `aot_eager`, which traces the same way without generating code)."""
+
+    def __init__(self, backend: str = "inductor") -> None:
+        self.backend = backend
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        for m in compile_targets(pl_module):
+            m.compile(backend=self.backend)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for m in compile_targets(pl_module):
+            m._compiled_call_impl = None  # what `nn.Module.compile` set; None = eager again
 
 
 class ChannelsLast(L.Callback):
