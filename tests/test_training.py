@@ -28,11 +28,12 @@ class _Net(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def _fit(callbacks) -> _Net:
-    net = _Net()
+def _fit(callbacks, net=None, max_epochs: int = 1):
+    """Fit `net` (a _Net by default) on 8 random images, 2 steps per epoch; returns it."""
+    net = net or _Net()
     data = DataLoader(TensorDataset(torch.randn(8, 3, 6, 6)), batch_size=4)
     trainer = L.Trainer(
-        max_epochs=1,
+        max_epochs=max_epochs,
         accelerator="cpu",
         callbacks=callbacks,
         logger=False,
@@ -87,24 +88,13 @@ def test_compile_targets_the_topmost_backbones_else_the_model():
 
 
 def test_compile_runs_the_fit_compiled_with_eager_numbers_and_hands_back_eager():
-    data = DataLoader(TensorDataset(torch.randn(8, 3, 6, 6)), batch_size=4)
     runs = {}
     # aot_eager: dynamo + AOTAutograd as inductor, without its minute of C++ code generation
     for name, callbacks in (("eager", []), ("compiled", [Compile("aot_eager")])):
         torch.manual_seed(0)
         net = _Backboned()
         keys = list(net.state_dict())
-        trainer = L.Trainer(
-            max_epochs=2,
-            accelerator="cpu",
-            callbacks=callbacks,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        trainer.fit(net, data)
-        runs[name] = net
+        runs[name] = _fit(callbacks, net, max_epochs=2)
         assert list(net.state_dict()) == keys  # in place: names (and saved files) unchanged
     assert runs["compiled"].compiled == [True] * 4 and runs["eager"].compiled == [False] * 4
     assert runs["compiled"].model.backbone._compiled_call_impl is None  # eager after the fit

@@ -14,7 +14,8 @@ Two ORE components (Joseph et al., CVPR 2021) are options:
     (`contrastive_features: raw`), the loss measured on our ResNets; `normalised` L2-normalises
     features and prototypes in the loss (margin 1.0 on the unit sphere, `contrastive_margin`
     None = the space's default), which keeps the loss meaningful on a ViT, whose feature norms
-    dwarf the margin 10 (it trains at chance with weight 0.1).
+    dwarf the margin 10 (a 5-epoch ViT from 5 MAE epochs trained at chance with weight 0.1; the
+    demo-mae ViT trains as well as without the loss: BENCHMARKS.md "Faithfulness", item 7).
 - `unknown_class`: one extra output, "unknown" (label = num_known). Each step also draws a batch
   from the unlabelled pool; the `unknown_topk` samples the model judges least known (highest
   energy over the known logits, or farthest from every prototype) are trained as unknown —
