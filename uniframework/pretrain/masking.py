@@ -97,8 +97,12 @@ def random_masking(
     n, seq_len, dim = x.shape
     len_keep = int(seq_len * (1 - mask_ratio))
 
-    device = generator.device if generator is not None else x.device
-    noise = torch.rand(n, seq_len, generator=generator, device=device).to(x.device)
+    # without a generator, no `generator=` at all: torch.rand's generator overload fails under
+    # torch.compile once the batch size is dynamic (benchmarks/official.py --compile at 224 px)
+    if generator is None:
+        noise = torch.rand(n, seq_len, device=x.device)
+    else:
+        noise = torch.rand(n, seq_len, generator=generator, device=generator.device).to(x.device)
     ids_shuffle = torch.argsort(noise, dim=1)  # small noise = keep, large = remove
     ids_restore = torch.argsort(ids_shuffle, dim=1)
 
