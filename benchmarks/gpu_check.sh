@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One prepared GPU session (run from the repository root on a CUDA machine whose image has
 # torch, torchvision, lightning and torchmetrics but no network): the digits loop on the GPU in
-# bf16, the demo's throughput / MFU table (bf16, eager and compiled), then benchmarks/pretrain_value.py. Wheels for
-# what the image lacks (pydantic, timm) are expected in .whl/, cifar10-mini as
-# .devdata/cifar10-mini.tgz; results go to $OUT.
+# bf16, the demo's throughput / MFU table (bf16, eager and compiled), then
+# benchmarks/pretrain_value.py. Wheels for what the image lacks (pydantic, timm) are expected in
+# .whl/, cifar10-mini as .devdata/cifar10-mini.tgz; results go to $OUT.
 # With .devdata/head.tar (`git archive HEAD`), the committed tree runs, not the working one.
 set -euo pipefail
 if [ -f .devdata/head.tar ]; then
