@@ -5,10 +5,12 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import UserError
 from ..models import Classifier
 from ..training import warmup_cosine
+from .sinkhorn import sinkhorn_knopp
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -31,10 +33,45 @@ class DiscoverModule(L.LightningModule):
         """Logits [B, k + n] and the cosine [B, n] between features and the novel head's rows:
         UNO's Sinkhorn works on cosine similarities (its prototypes are normalised), and a
         linear head's logits are far larger, which would make every assignment one-hot."""
+        logits, cos, _ = self.views_and_features(x)
+        return logits, cos
+
+    def views_and_features(self, x: torch.Tensor):
+        """`views(x)` and the features [B, D] they came from."""
         f = self.model.forward_features(x)
-        w = self.model.head.weight[self.num_known :]
-        cos = F.normalize(f.detach(), dim=1) @ F.normalize(w.detach(), dim=1).T
-        return self.model.forward_head(f), cos
+        return self.model.forward_head(f), _cosine(f, self.model.head.weight[self.num_known :]), f
+
+    def add_overcluster_head(self) -> None:
+        """UNO's over-clustering head (Fini et al. 2021, Sec. 3.3), when `opts.overcluster` > 0:
+        `overcluster` x n extra novel outputs, random rows at the known rows' mean norm, trained
+        beside the novel head by `overcluster_loss` and dropped after training (not part of
+        `self.model`, so never saved with it). With room for several clusters per class it need
+        not merge two classes, which gives the shared backbone a reason to keep them apart."""
+        factor = int(getattr(self.opts, "overcluster", 0))
+        self.over_head = None
+        if factor > 0:
+            m, k = self.model, self.num_known
+            n = m.num_classes - k
+            self.over_head = nn.Linear(m.feature_dim, factor * n)
+            with torch.no_grad():
+                rows = F.normalize(torch.randn(factor * n, m.feature_dim), dim=1)
+                self.over_head.weight.copy_(rows * m.head.weight[:k].norm(dim=1).mean())
+                self.over_head.bias.fill_(float(m.head.bias[:k].mean()))
+
+    def overcluster_loss(self, f1, f2, known1, known2) -> torch.Tensor:
+        """UNO's swapped prediction on the over-clustering outputs of two views' features
+        f1, f2 [B, D]: logits [known logits [B, k] | over-clustering logits [B, m n]], each view's
+        target the other's Sinkhorn assignment over the m n outputs (no known mass)."""
+        eps = self.opts.sinkhorn_epsilon
+        w = self.over_head.weight
+        q1, q2 = sinkhorn_knopp(_cosine(f1, w), eps), sinkhorn_knopp(_cosine(f2, w), eps)
+        zeros = known1.new_zeros(len(known1), known1.shape[1])
+        l1 = torch.cat([known1, self.over_head(f1)], 1)
+        l2 = torch.cat([known2, self.over_head(f2)], 1)
+        return 0.5 * (
+            soft_cross_entropy(l1, torch.cat([zeros, q2], 1))
+            + soft_cross_entropy(l2, torch.cat([zeros, q1], 1))
+        )
 
     def check_finite(self, loss: torch.Tensor) -> torch.Tensor:
         if not torch.isfinite(loss):
@@ -51,3 +88,8 @@ class DiscoverModule(L.LightningModule):
         warmup = int(o.warmup_epochs * total / max(1, self.trainer.max_epochs))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _cosine(features: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """[B, D] features, [C, D] head rows -> [B, C] cosine similarities, detached."""
+    return F.normalize(features.detach(), dim=1) @ F.normalize(rows.detach(), dim=1).T

@@ -85,7 +85,12 @@ def reliable_anchors(probs: torch.Tensor, threshold: float) -> torch.Tensor:
 
 
 class OpenMixModule(DiscoverModule):
-    """OpenMix on two views of every image (`TwoViews` batches)."""
+    """OpenMix on two views of every image (`TwoViews` batches); with `opts.overcluster`, UNO's
+    over-clustering head beside it (`DiscoverModule.overcluster_loss`)."""
+
+    def __init__(self, model, opts, num_known: int) -> None:
+        super().__init__(model, opts, num_known)
+        self.add_overcluster_head()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         o, k = self.opts, self.num_known
@@ -97,7 +102,8 @@ class OpenMixModule(DiscoverModule):
         xl, yl, xu1, xu2 = xl[:b], yl[:b], xu1[:b], xu2[:b]
         loss = F.cross_entropy(self.model(xl), yl)
         # pseudo-labels: the novel head's balanced assignment of each view (detached)
-        (lu1, c1), (lu2, c2) = self.views(xu1), self.views(xu2)  # [B, k + n], [B, n]
+        lu1, c1, f1 = self.views_and_features(xu1)  # [B, k + n], [B, n], [B, D]
+        lu2, c2, f2 = self.views_and_features(xu2)
         p1 = sinkhorn_knopp(c1, o.sinkhorn_epsilon)
         p2 = sinkhorn_knopp(c2, o.sinkhorn_epsilon)
         zeros = lu1.new_zeros(b, k)
@@ -113,6 +119,10 @@ class OpenMixModule(DiscoverModule):
         self.log("train_self_label_loss", self_label, on_epoch=True, on_step=False)
         self.log("train_mix_loss", mix, on_epoch=True, on_step=False)
         loss = loss + self_label + o.mix_weight * mix
+        if self.over_head is not None:
+            over = self.overcluster_loss(f1, f2, lu1[:, :k], lu2[:, :k])
+            self.log("train_overcluster_loss", over, on_epoch=True, on_step=False)
+            loss = loss + over
         # [B, n] the distribution the anchors are chosen on; their class is its argmax too
         conf = anchor_confidence(o.anchor_from, lu1, lu2, pu, k)
         anchors = reliable_anchors(conf, o.anchor_threshold)

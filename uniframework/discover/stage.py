@@ -90,6 +90,8 @@ class DiscoverOptions(Section):
     anchor_weight: float = Field(1.0, ge=0)
     mix_weight: float = Field(1.0, ge=0)  # OpenMix: labelled x unlabelled mixtures
     sinkhorn_epsilon: float = Field(0.05, gt=0)
+    # openmix / sinkhorn: UNO's over-clustering head with overcluster x n outputs (0 = none)
+    overcluster: int = Field(0, ge=0)
     gcd_sup_weight: float = Field(0.35, ge=0, le=1)  # GCD: (1 - lam) InfoNCE + lam SupCon
     gcd_temperature: float = Field(1.0, gt=0)  # GCD: InfoNCE temperature (official code)
     gcd_sup_temperature: float = Field(0.07, gt=0)  # GCD: SupCon temperature

@@ -3,8 +3,8 @@
 Every image is seen in two augmented views. Labelled images get their one-hot known label over
 the known + novel outputs; for an unlabelled image, Sinkhorn-Knopp turns each view's (detached)
 novel logits into an equipartitioned soft assignment `q`, and each view is trained to predict
-the *other* view's `q` (swapped prediction). UNO's multi-head and over-clustering heads are
-left out: one head, n novel outputs.
+the *other* view's `q` (swapped prediction). One head of n novel outputs (UNO's multi-head is
+left out), plus UNO's over-clustering head when `overcluster` > 0 (`module.py`).
 """
 
 from __future__ import annotations
@@ -50,17 +50,26 @@ def two_views(view) -> TwoViews:
 class UNOModule(DiscoverModule):
     """Cross-entropy on labelled views + swapped prediction of Sinkhorn targets on unlabelled."""
 
+    def __init__(self, model, opts, num_known: int) -> None:
+        super().__init__(model, opts, num_known)
+        self.add_overcluster_head()
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         o, k = self.opts, self.num_known
         xl1, xl2, yl, _ = batch["labelled"]
         xu1, xu2, _, _ = batch["pool"]
         loss = 0.5 * (F.cross_entropy(self.model(xl1), yl) + F.cross_entropy(self.model(xl2), yl))
-        (lu1, c1), (lu2, c2) = self.views(xu1), self.views(xu2)  # [B, k + n], [B, n]
+        lu1, c1, f1 = self.views_and_features(xu1)  # [B, k + n], [B, n], [B, D]
+        lu2, c2, f2 = self.views_and_features(xu2)
         zeros = lu1.new_zeros(len(lu1), k)
         q1 = torch.cat([zeros, sinkhorn_knopp(c1, o.sinkhorn_epsilon)], 1)
         q2 = torch.cat([zeros, sinkhorn_knopp(c2, o.sinkhorn_epsilon)], 1)
         swapped = 0.5 * (soft_cross_entropy(lu1, q2) + soft_cross_entropy(lu2, q1))
         self.log("train_swapped_loss", swapped, on_epoch=True, on_step=False)
         loss = loss + swapped
+        if self.over_head is not None:
+            over = self.overcluster_loss(f1, f2, lu1[:, :k], lu2[:, :k])
+            self.log("train_overcluster_loss", over, on_epoch=True, on_step=False)
+            loss = loss + over
         self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False)
         return self.check_finite(loss)
