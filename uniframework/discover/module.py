@@ -61,7 +61,9 @@ class DiscoverModule(L.LightningModule):
     def overcluster_loss(self, f1, f2, known1, known2) -> torch.Tensor:
         """UNO's swapped prediction on the over-clustering outputs of two views' features
         f1, f2 [B, D]: logits [known logits [B, k] | over-clustering logits [B, m n]], each view's
-        target the other's Sinkhorn assignment over the m n outputs (no known mass)."""
+        target the other's Sinkhorn assignment over the m n outputs (no known mass). UNO also
+        gives the labelled images their one-hot label over these logits; here the labelled
+        images are trained through the main head only."""
         eps = self.opts.sinkhorn_epsilon
         w = self.over_head.weight
         q1, q2 = sinkhorn_knopp(_cosine(f1, w), eps), sinkhorn_knopp(_cosine(f2, w), eps)
