@@ -1,5 +1,7 @@
 """The `discover` stage on the embedded digits: metrics, artifacts, both pool protocols."""
 
+import ast
+
 import pytest
 import torch
 
@@ -127,8 +129,34 @@ def test_the_overclustered_estimate_trains_first_then_goes_on_with_its_count(tmp
     assert ckpt["epoch"] == 1  # Lightning counts from 0: two epochs, not the stale one
 
 
-def test_the_overclustered_estimate_needs_a_trained_head(tmp_path):
+def test_the_count_heads_estimate_picks_a_head_and_goes_on_with_its_count(tmp_path, caplog):
+    cfg = _config("sinkhorn")
+    cfg.stages[2]["discover"].update(
+        pool="detected", num_novel="auto", max_novel=6, estimate_on="heads", estimate_epochs=1
+    )
+    with caplog.at_level("INFO", logger="uniframework.discover.stage"):
+        metrics = run(cfg, tmp_path)
+    n = metrics["discover.num_novel_est"]
+    assert 2 <= n <= 6 and metrics["discover.num_novel"] == n
+    model, meta = RunContext(cfg, tmp_path).load_classifier("discover")
+    assert model.num_classes == 5 + n and meta["num_novel"] == n
+    assert not any("count_heads" in key for key in model.state_dict())  # dropped after counting
+    # every head 2..6 was scored, and the count is the best-scoring one
+    line = next(m for m in caplog.messages if "count heads' silhouette" in m)
+    scores = ast.literal_eval(line.split("scores ")[1].rstrip(")"))  # {count: silhouette}
+    assert sorted(scores) == [2, 3, 4, 5, 6] and scores[n] == max(scores.values())
+
+
+@pytest.mark.parametrize("estimate_on", ["overclustered", "heads"])
+def test_the_trained_estimates_need_a_trained_head(tmp_path, estimate_on):
     cfg = _config("kmeans")
-    cfg.stages[2]["discover"].update(num_novel="auto", estimate_on="overclustered")
-    with pytest.raises(UserError, match="overclustered trains the novel head first"):
+    cfg.stages[2]["discover"].update(num_novel="auto", estimate_on=estimate_on)
+    with pytest.raises(UserError, match=f"{estimate_on} trains the novel head first"):
+        run(cfg, tmp_path)
+
+
+def test_the_count_heads_need_two_counts_to_compare(tmp_path):
+    cfg = _config("openmix")
+    cfg.stages[2]["discover"].update(num_novel="auto", estimate_on="heads", max_novel=1)
+    with pytest.raises(UserError, match="set max_novel to 2 or more"):
         run(cfg, tmp_path)

@@ -186,12 +186,35 @@ def estimate_by_silhouette(
     to too few classes.) Returns n and every candidate's score."""
     rng = np.random.default_rng(seed)
     x = pool[rng.permutation(len(pool))[:max_points]]
-    scores = {}
-    for n in candidates:
-        if 2 <= n < len(x):
-            labels = kmeans(x, n, seed, n_init=3).labels_
-            scores[n] = float(silhouette_score(normalise(x), labels, metric="cosine"))
-    if not scores:
+    partitions = {n: kmeans(x, n, seed, n_init=3).labels_ for n in candidates if 2 <= n < len(x)}
+    if not partitions:
         raise ValueError(f"no candidate count in {candidates} fits {len(x)} pool images")
+    return best_partition(x, partitions, tolerance)
+
+
+def best_partition(
+    features: torch.Tensor, partitions: dict[int, np.ndarray], tolerance: float = 0.0
+) -> tuple[int, dict[int, float]]:
+    """Score each candidate partition `partitions[n]` ([P] labels) of the same features [P, D]
+    by its silhouette (cosine); return the largest n within `tolerance` of the best score and
+    every score. A partition that puts everything in one cluster scores -1 (the silhouette is
+    undefined there)."""
+    x = normalise(features)
+    scores = {
+        n: float(silhouette_score(x, labels, metric="cosine"))
+        if 1 < len(np.unique(labels)) < len(x)
+        else -1.0
+        for n, labels in partitions.items()
+    }
     best = max(scores.values())
     return max(n for n, v in scores.items() if v >= best - tolerance), scores
+
+
+def head_partitions(features: torch.Tensor, heads) -> dict[int, np.ndarray]:
+    """{c: [P] labels}: each head's partition of features [P, D] — the row of largest cosine
+    (the Sinkhorn heads are trained on cosines), c = the head's number of rows."""
+    f = F.normalize(features.float(), dim=1)
+    return {
+        h.weight.shape[0]: (f @ F.normalize(h.weight.detach().float(), dim=1).T).argmax(1).numpy()
+        for h in heads
+    }

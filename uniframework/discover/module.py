@@ -43,37 +43,72 @@ class DiscoverModule(L.LightningModule):
 
     def add_overcluster_head(self) -> None:
         """UNO's over-clustering head (Fini et al. 2021, Sec. 3.3), when `opts.overcluster` > 0:
-        `overcluster` x n extra novel outputs, random rows at the known rows' mean norm, trained
-        beside the novel head by `overcluster_loss` and dropped after training (not part of
-        `self.model`, so never saved with it). With room for several clusters per class it need
-        not merge two classes, which gives the shared backbone a reason to keep them apart."""
+        `overcluster` x n extra novel outputs, trained beside the novel head by
+        `overcluster_loss` and dropped after training (not part of `self.model`, so never saved
+        with it). With room for several clusters per class it need not merge two classes,
+        which gives the shared backbone a reason to keep them apart."""
         factor = int(getattr(self.opts, "overcluster", 0))
-        self.over_head = None
-        if factor > 0:
-            m, k = self.model, self.num_known
-            n = m.num_classes - k
-            self.over_head = nn.Linear(m.feature_dim, factor * n)
-            with torch.no_grad():
-                rows = F.normalize(torch.randn(factor * n, m.feature_dim), dim=1)
-                self.over_head.weight.copy_(rows * m.head.weight[:k].norm(dim=1).mean())
-                self.over_head.bias.fill_(float(m.head.bias[:k].mean()))
+        n = self.model.num_classes - self.num_known
+        self.over_head = self._extra_head(factor * n) if factor > 0 else None
+
+    def add_count_heads(self, counts) -> None:
+        """One extra head per candidate novel-class count c in `counts` (c outputs each), all
+        trained beside the novel head by the same swapped prediction of their own Sinkhorn
+        assignments (UNO's multi-head, Fini et al. 2021 Sec. 3.3, with a different size per
+        head); dropped after training like the over-clustering head. Each head is forced to
+        share the pool out equally among its c clusters, so only a head with the right c can
+        follow the classes without splitting or merging one: the stage compares the heads'
+        partitions (`clustering.estimate_by_partition_silhouette`)."""
+        self.count_heads = nn.ModuleList(self._extra_head(c) for c in counts)
+
+    def _extra_head(self, rows: int) -> nn.Linear:
+        """A linear head of `rows` outputs: random unit rows at the known rows' mean norm (so
+        its logits start on the known ones' scale), biases at the known biases' mean."""
+        m, k = self.model, self.num_known
+        head = nn.Linear(m.feature_dim, rows)
+        with torch.no_grad():
+            unit = F.normalize(torch.randn(rows, m.feature_dim), dim=1)
+            head.weight.copy_(unit * m.head.weight[:k].norm(dim=1).mean())
+            head.bias.fill_(float(m.head.bias[:k].mean()))
+        return head
 
     def overcluster_loss(self, f1, f2, known1, known2) -> torch.Tensor:
         """UNO's swapped prediction on the over-clustering outputs of two views' features
-        f1, f2 [B, D]: logits [known logits [B, k] | over-clustering logits [B, m n]], each view's
-        target the other's Sinkhorn assignment over the m n outputs (no known mass). UNO also
-        gives the labelled images their one-hot label over these logits; here the labelled
-        images are trained through the main head only."""
+        f1, f2 [B, D] (`swapped_head_loss` with the over-clustering head). UNO also gives the
+        labelled images their one-hot label over these logits; here the labelled images are
+        trained through the main head only."""
+        return self.swapped_head_loss(self.over_head, f1, f2, known1, known2)
+
+    def swapped_head_loss(self, head: nn.Linear, f1, f2, known1, known2) -> torch.Tensor:
+        """Swapped prediction through an extra `head` of c outputs: logits [known logits [B, k]
+        | head(f) [B, c]], each view's target the other view's Sinkhorn assignment over the c
+        outputs (no known mass)."""
         eps = self.opts.sinkhorn_epsilon
-        w = self.over_head.weight
-        q1, q2 = sinkhorn_knopp(_cosine(f1, w), eps), sinkhorn_knopp(_cosine(f2, w), eps)
+        q1 = sinkhorn_knopp(_cosine(f1, head.weight), eps)  # [B, c] each view's assignment
+        q2 = sinkhorn_knopp(_cosine(f2, head.weight), eps)
         zeros = known1.new_zeros(len(known1), known1.shape[1])
-        l1 = torch.cat([known1, self.over_head(f1)], 1)
-        l2 = torch.cat([known2, self.over_head(f2)], 1)
+        l1, l2 = torch.cat([known1, head(f1)], 1), torch.cat([known2, head(f2)], 1)
         return 0.5 * (
             soft_cross_entropy(l1, torch.cat([zeros, q2], 1))
             + soft_cross_entropy(l2, torch.cat([zeros, q1], 1))
         )
+
+    def extra_head_losses(self, f1, f2, known1, known2) -> torch.Tensor | float:
+        """The over-clustering term plus the mean of the count heads' terms (each logged), or
+        0 when neither head is there. f1, f2 [B, D]: two views' features; known1, known2
+        [B, k]: their known logits."""
+        loss = 0.0
+        if self.over_head is not None:
+            over = self.overcluster_loss(f1, f2, known1, known2)
+            self.log("train_overcluster_loss", over, on_epoch=True, on_step=False)
+            loss = loss + over
+        heads = getattr(self, "count_heads", None)
+        if heads:  # UNO averages its heads' losses
+            count = sum(self.swapped_head_loss(h, f1, f2, known1, known2) for h in heads)
+            count = count / len(heads)
+            self.log("train_count_heads_loss", count, on_epoch=True, on_step=False)
+            loss = loss + count
+        return loss
 
     def check_finite(self, loss: torch.Tensor) -> torch.Tensor:
         if not torch.isfinite(loss):

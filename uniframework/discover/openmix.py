@@ -86,7 +86,8 @@ def reliable_anchors(probs: torch.Tensor, threshold: float) -> torch.Tensor:
 
 class OpenMixModule(DiscoverModule):
     """OpenMix on two views of every image (`TwoViews` batches); with `opts.overcluster`, UNO's
-    over-clustering head beside it (`DiscoverModule.overcluster_loss`)."""
+    over-clustering head beside it, and the count heads when the stage adds them
+    (`DiscoverModule.extra_head_losses`)."""
 
     def __init__(self, model, opts, num_known: int) -> None:
         super().__init__(model, opts, num_known)
@@ -119,10 +120,7 @@ class OpenMixModule(DiscoverModule):
         self.log("train_self_label_loss", self_label, on_epoch=True, on_step=False)
         self.log("train_mix_loss", mix, on_epoch=True, on_step=False)
         loss = loss + self_label + o.mix_weight * mix
-        if self.over_head is not None:
-            over = self.overcluster_loss(f1, f2, lu1[:, :k], lu2[:, :k])
-            self.log("train_overcluster_loss", over, on_epoch=True, on_step=False)
-            loss = loss + over
+        loss = loss + self.extra_head_losses(f1, f2, lu1[:, :k], lu2[:, :k])
         # [B, n] the distribution the anchors are chosen on; their class is its argmax too
         conf = anchor_confidence(o.anchor_from, lu1, lu2, pu, k)
         anchors = reliable_anchors(conf, o.anchor_threshold)

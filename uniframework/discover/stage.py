@@ -19,6 +19,14 @@ features; training then goes on from it with the estimated count (novel head re-
 k-means). A network trained only on the known classes folds the novel ones together (on the
 supervised features every criterion sees ~2 novel clusters where there are 5, BENCHMARKS.md);
 a few epochs of self-labelling with room for too many classes pull them apart first.
+`heads` (ours): the same first training, with one extra Sinkhorn head per candidate count
+c = 2..max_novel beside it (`DiscoverModule.add_count_heads`, each trained by swapped
+prediction and forced to share the pool equally among its c outputs); the count is the head
+whose own partition of the pool has the best silhouette on that model's features
+(`clustering.best_partition`; `estimator` is not used). A head with too few outputs must merge
+classes and one with too many must split one, and the shared backbone is pulled by all of them,
+so the estimate no longer follows the length of the first training the way `overclustered`'s
+k-means + silhouette does (BENCHMARKS.md "Counting with one head per candidate count").
 Methods (option `method`): `openmix` (OpenMix), `kmeans`, `sinkhorn` (UNO-style head),
 `sskmeans` (GCD's semi-supervised k-means: labelled images keep their class), `gcd` (GCD:
 contrastive fine-tuning on labelled + pool images first (`gcd.py`), then the class count and
@@ -53,9 +61,11 @@ from ..registry import STAGES
 from ..training import extract, fit, make_trainer
 from .clustering import (
     assign,
+    best_partition,
     estimate_by_silhouette,
     estimate_num_classes,
     estimate_num_novel,
+    head_partitions,
     kmeans,
     semi_supervised_kmeans,
 )
@@ -76,8 +86,8 @@ class DiscoverOptions(Section):
     # gcd / silhouette: the largest count within this of the best score (None: 0.01 / 0.02)
     estimate_tolerance: float | None = Field(None, ge=0)
     max_novel: int = Field(10, ge=1)  # largest count tried by `auto`
-    estimate_on: Literal["supervised", "overclustered"] = "supervised"
-    estimate_epochs: int = Field(15, ge=1)  # overclustered: epochs with max_novel outputs
+    estimate_on: Literal["supervised", "overclustered", "heads"] = "supervised"
+    estimate_epochs: int = Field(15, ge=1)  # overclustered / heads: epochs with max_novel outputs
     max_epochs: int | None = Field(None, ge=1)  # None = trainer.max_epochs
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
@@ -141,29 +151,41 @@ class DiscoverStage:
             pool["features"] = extract(model, data.loader(_pool_view(data, pool["index"])))[
                 "features"
             ]
-        overclustered = opts.num_novel == "auto" and opts.estimate_on == "overclustered"
-        if overclustered:
+        auto = opts.num_novel == "auto"
+        heads = auto and opts.estimate_on == "heads"
+        if auto and opts.estimate_on != "supervised":
             if opts.method not in ("openmix", "sinkhorn"):
                 raise UserError(
-                    "stages.discover.estimate_on = overclustered trains the novel head first: "
-                    "use method openmix or sinkhorn, or estimate_on: supervised"
+                    f"stages.discover.estimate_on = {opts.estimate_on} trains the novel head "
+                    "first: use method openmix or sinkhorn, or estimate_on: supervised"
+                )
+            if heads and opts.max_novel < 2:
+                raise UserError(
+                    "stages.discover.estimate_on = heads compares counts from 2 to max_novel: "
+                    f"set max_novel to 2 or more (it is {opts.max_novel})"
                 )
             km = kmeans(pool["features"], opts.max_novel, seed=ctx.cfg.seed)
             centres = torch.from_numpy(km.cluster_centers_).float()
             model = novel_head(supervised, k, opts.max_novel, centres)
             index = pool["index"].numpy()
-            probe = _train(ctx, opts, model, k, index, opts.estimate_epochs, "discover_estimate")
+            counts = range(2, opts.max_novel + 1) if heads else None
+            probe = _train(
+                ctx, opts, model, k, index, opts.estimate_epochs, "discover_estimate", counts
+            )
             if probe is None:
                 return {}  # not rank 0
             pool["features"] = extract(model, data.loader(_pool_view(data, index)))["features"]
         labelled = None  # (from the over-counting model when there is one)
-        if opts.num_novel == "auto" or opts.method in ("sskmeans", "gcd"):
+        if (auto and not heads) or opts.method in ("sskmeans", "gcd"):
             labelled = extract(model, data.loader(data.view("labelled")))
-        if opts.num_novel == "auto":
-            args = (labelled["features"], labelled["labels"], pool["features"])
+        if auto:
             counts, seed = range(1, opts.max_novel + 1), ctx.cfg.seed
             tol = {} if opts.estimate_tolerance is None else {"tolerance": opts.estimate_tolerance}
-            if opts.estimator == "gcd":
+            args = (labelled["features"], labelled["labels"], pool["features"]) if labelled else ()
+            if heads:  # the count heads' own partitions of the pool
+                partitions = head_partitions(pool["features"], probe.count_heads)
+                n, scores = best_partition(pool["features"], partitions, **tol)
+            elif opts.estimator == "gcd":
                 n, scores = estimate_num_classes(*args, opts.max_novel, seed, **tol)
             elif opts.estimator == "dtc":
                 n, scores = estimate_num_novel(*args, counts, seed=seed)
@@ -174,7 +196,7 @@ class DiscoverStage:
                 "discover: %d novel classes estimated (truth %d; %s scores %s)",
                 n,
                 len(split.novel),
-                opts.estimator,
+                "count heads' silhouette" if heads else opts.estimator,
                 {c: round(v, 3) for c, v in scores.items()},
             )
         metrics["num_novel"] = n
@@ -308,9 +330,12 @@ def _pool_view(data, index, train: bool = False):
     return data.subset_view(index, np.full(len(index), UNKNOWN), train)
 
 
-def _train(ctx, opts, model: Classifier, k: int, pool_index, epochs=None, name="discover"):
+def _train(
+    ctx, opts, model: Classifier, k: int, pool_index, epochs=None, name="discover", counts=None
+):
     """Train OpenMix, the Sinkhorn head or GCD on Lightning (`epochs`: None = the stage's
-    max_epochs; checkpoints under `checkpoints/<name>`); None on ranks other than 0."""
+    max_epochs; checkpoints under `checkpoints/<name>`; `counts`: a count head per candidate
+    count beside it); the trained module, or None on ranks other than 0."""
     from .gcd import GCDModule
     from .openmix import OpenMixModule
     from .uno import UNOModule, two_views
@@ -320,6 +345,8 @@ def _train(ctx, opts, model: Classifier, k: int, pool_index, epochs=None, name="
     labelled = data.view("labelled", train=True)
     learner = {"openmix": OpenMixModule, "gcd": GCDModule}.get(opts.method, UNOModule)
     module = learner(model, opts, k)
+    if counts:
+        module.add_count_heads(counts)
     labelled, pool_train = two_views(labelled), two_views(pool_train)
     train = {
         "labelled": data.loader(labelled, train=True),

@@ -4,7 +4,8 @@ Every image is seen in two augmented views. Labelled images get their one-hot kn
 the known + novel outputs; for an unlabelled image, Sinkhorn-Knopp turns each view's (detached)
 novel logits into an equipartitioned soft assignment `q`, and each view is trained to predict
 the *other* view's `q` (swapped prediction). One head of n novel outputs (UNO's multi-head is
-left out), plus UNO's over-clustering head when `overcluster` > 0 (`module.py`).
+left out), plus UNO's over-clustering head when `overcluster` > 0 and the count heads of
+`estimate_on: heads` (`module.py`).
 """
 
 from __future__ import annotations
@@ -67,9 +68,6 @@ class UNOModule(DiscoverModule):
         swapped = 0.5 * (soft_cross_entropy(lu1, q2) + soft_cross_entropy(lu2, q1))
         self.log("train_swapped_loss", swapped, on_epoch=True, on_step=False)
         loss = loss + swapped
-        if self.over_head is not None:
-            over = self.overcluster_loss(f1, f2, lu1[:, :k], lu2[:, :k])
-            self.log("train_overcluster_loss", over, on_epoch=True, on_step=False)
-            loss = loss + over
+        loss = loss + self.extra_head_losses(f1, f2, lu1[:, :k], lu2[:, :k])
         self.log("train_loss", loss, prog_bar=True, on_epoch=True, on_step=False)
         return self.check_finite(loss)

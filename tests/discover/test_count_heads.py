@@ -1,0 +1,117 @@
+"""Counting the novel classes with one Sinkhorn head per candidate count (`estimate_on: heads`)."""
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from uniframework.discover.clustering import best_partition, head_partitions
+from uniframework.discover.openmix import OpenMixModule
+from uniframework.discover.stage import DiscoverOptions
+from uniframework.discover.uno import UNOModule
+from uniframework.models import Classifier
+
+
+class _Flat(nn.Sequential):
+    num_features = 6
+
+
+def _model(k, n):
+    return Classifier(_Flat(nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6)), k + n)
+
+
+def _blobs(centres: int, per: int, dim: int = 8, spread: float = 0.05, seed: int = 0):
+    """`centres` well-separated directions (one-hot axes), `per` points around each:
+    features [centres * per, dim] and their true labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(centres), per)
+    x = np.eye(dim)[labels] + spread * rng.standard_normal((len(labels), dim))
+    return torch.from_numpy(x).float(), labels
+
+
+def test_best_partition_prefers_the_true_one_over_a_merge_and_a_split():
+    x, truth = _blobs(4, 30)
+    merged = np.where(truth == 3, 2, truth)  # two classes in one cluster
+    split = truth.copy()
+    split[::2][truth[::2] == 0] = 4  # every other point of class 0 in a cluster of its own
+    n, scores = best_partition(x, {3: merged, 4: truth, 5: split})
+    assert n == 4, scores
+    assert scores[4] > 0.8 and scores[4] > scores[3] and scores[4] > scores[5]
+    # the tolerance takes the largest count within it of the best
+    n, _ = best_partition(x, {3: merged, 4: truth, 5: split}, tolerance=2.0)
+    assert n == 5
+    # one cluster has no silhouette: it scores -1, never the best
+    n, scores = best_partition(x, {1: np.zeros(len(x), int), 4: truth})
+    assert n == 4 and scores[1] == -1.0
+
+
+def test_head_partitions_assign_each_point_to_the_row_of_largest_cosine():
+    x, truth = _blobs(3, 10)
+    heads = [nn.Linear(8, 3, bias=False), nn.Linear(8, 2, bias=False)]
+    with torch.no_grad():
+        heads[0].weight.copy_(5.0 * torch.eye(8)[[2, 0, 1]])  # rows: class 2, 0, 1 (any norm)
+        heads[1].weight.copy_(torch.eye(8)[[0, 1]])
+        heads[1].weight[1, 2] = 0.9  # row 1 = e1 + 0.9 e2
+    parts = head_partitions(x, heads)
+    assert set(parts) == {3, 2}  # keyed by the head's number of rows
+    assert (parts[3] == np.array([1, 2, 0])[truth]).all()
+    assert (parts[2] == np.array([0, 1, 1])[truth]).all()  # class 2 nearest to the second row
+
+
+def test_count_heads_have_their_counts_and_are_not_part_of_the_saved_model():
+    torch.manual_seed(0)
+    k, n = 2, 4
+    module = OpenMixModule(_model(k, n), DiscoverOptions(), num_known=k)
+    module.add_count_heads(range(2, 5))
+    assert [h.weight.shape for h in module.count_heads] == [(2, 6), (3, 6), (4, 6)]
+    norms = torch.cat([h.weight.norm(dim=1) for h in module.count_heads])
+    assert torch.allclose(norms, module.model.head.weight[:k].norm(dim=1).mean().expand(9))
+    assert not any(key.startswith("count_heads") for key in module.model.state_dict())
+    # the optimiser sees them (they are the module's parameters)
+    names = {name for name, _ in module.named_parameters()}
+    assert {"count_heads.0.weight", "count_heads.2.bias"} <= names
+
+
+def test_the_over_head_and_a_count_head_share_one_swapped_loss():
+    torch.manual_seed(1)
+    k, n, b = 2, 3, 8
+    module = OpenMixModule(_model(k, n), DiscoverOptions(overcluster=2), num_known=k)
+    f1, f2 = torch.randn(b, 6), torch.randn(b, 6)
+    known1, known2 = torch.randn(b, k), torch.randn(b, k)
+    got = module.swapped_head_loss(module.over_head, f1, f2, known1, known2)
+    assert torch.allclose(got, module.overcluster_loss(f1, f2, known1, known2))
+
+
+def _step(module, batch, seed):
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        return module.training_step(batch, 0)
+
+
+@pytest.mark.parametrize("learner", [OpenMixModule, UNOModule])
+def test_the_step_adds_the_mean_of_the_count_heads_terms(learner):
+    torch.manual_seed(2)
+    k, n, b = 2, 3, 8
+    x = torch.randn(b, 3, 2, 2)
+    batch = {
+        "labelled": (x, x + 0.05 * torch.randn_like(x), torch.randint(0, k, (b,)), None),
+        "pool": (x, x + 0.1 * torch.randn_like(x), None, None),
+    }
+    model = _model(k, n)
+    plain = learner(copy.deepcopy(model), DiscoverOptions(), num_known=k)
+    counted = learner(copy.deepcopy(model), DiscoverOptions(), num_known=k)
+    counted.add_count_heads([2, 3, 5])
+    base, with_heads = _step(plain, batch, seed=5), _step(counted, batch, seed=5)
+    with torch.no_grad():  # the terms on the same weights and train-mode BatchNorm
+        l1, _, f1 = counted.views_and_features(batch["pool"][0])
+        l2, _, f2 = counted.views_and_features(batch["pool"][1])
+        heads = counted.count_heads
+        terms = [counted.swapped_head_loss(h, f1, f2, l1[:, :k], l2[:, :k]) for h in heads]
+    assert all(t > 0 for t in terms)
+    assert torch.allclose(with_heads, base + sum(terms) / 3, atol=1e-5)
+    with_heads.backward()  # every head learns
+    assert all(h.weight.grad is not None and h.weight.grad.abs().sum() > 0 for h in heads)
