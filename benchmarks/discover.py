@@ -27,7 +27,7 @@ from uniframework.pipeline import run
 OUT = Path("benchmarks/out/discover")
 DATASETS = {
     "digits": (
-        "configs/demo.yaml",
+        "configs/demo-novel.yaml",
         ["trainer.max_epochs=15"],
         {"supervised": {"lr": 0.003, "weight_decay": 0.0005}},
         {"lr": 0.002},

@@ -72,7 +72,7 @@ def main() -> None:
                 "trainer.enable_progress_bar=false",
                 f"name={name}",
             ]
-            cfg = load_config("configs/demo.yaml", overrides)
+            cfg = load_config("configs/demo-novel.yaml", overrides)
             start = time.perf_counter()
             m = run(cfg, OUT / name, restart_from="supervised")
             wall = time.perf_counter() - start

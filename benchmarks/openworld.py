@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/openworld.py [--only demo|cifar10-mini] [--baseline | --no-loop]
         [key=value ...]
 
-`demo` runs configs/demo.yaml, `cifar10-mini` configs/openworld-cifar10-mini.yaml, each from an
-empty run folder (benchmarks/out/openworld-<name>/), with the given overrides. Printed per loop:
+`demo` runs configs/demo-novel.yaml (the digits loop on a pool of novel images, the demo until
+2026-12-01), `cifar10-mini` configs/openworld-cifar10-mini.yaml, each from an empty run folder
+(benchmarks/out/openworld-<name>/), with the given overrides. Printed per loop:
 the aim figures (known accuracy, unknown AUROC of the chosen detector and of every scorer,
 novel clustering accuracy on the detected pool, final accuracy over all classes, old / new),
 seconds per stage and the process's peak resident memory. Run it on a quiet machine for the
@@ -37,7 +38,7 @@ from uniframework.io import read_json
 from uniframework.pipeline import run
 
 OUT = Path("benchmarks/out")
-LOOPS = {"demo": "configs/demo.yaml", "cifar10-mini": "configs/openworld-cifar10-mini.yaml"}
+LOOPS = {"demo": "configs/demo-novel.yaml", "cifar10-mini": "configs/openworld-cifar10-mini.yaml"}
 AIMS = {  # loop -> [(metric, aim, label)]
     "demo": [
         ("supervised.known_acc", 0.97, "known accuracy"),

@@ -17,7 +17,7 @@ DEMO = [*TINY, "stages.discover.max_epochs=2", "stages.incremental.epochs=1"]
 
 def test_run_writes_the_run_directory(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "configs/demo.yaml", *DEMO, "name=e2e", "--out", str(out)]) == 0
+    assert main(["run", "configs/demo-novel.yaml", *DEMO, "name=e2e", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"supervised.known_acc", "supervised.val_acc", "supervised.epochs"} <= set(metrics)
     assert metrics["supervised.epochs"] == 3
@@ -48,7 +48,7 @@ def test_run_writes_the_run_directory(tmp_path, capsys):
 
     # a rerun skips the finished stage; --restart-from redoes it
     capsys.readouterr()
-    assert main(["run", "configs/demo.yaml", *DEMO, "name=e2e", "--out", str(out)]) == 0
+    assert main(["run", "configs/demo-novel.yaml", *DEMO, "name=e2e", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text()) == metrics
     state = json.loads((out / "state.json").read_text())
     assert state["done"] == ["supervised", "openset", "discover", "incremental"]
@@ -56,7 +56,7 @@ def test_run_writes_the_run_directory(tmp_path, capsys):
         main(
             [
                 "run",
-                "configs/demo.yaml",
+                "configs/demo-novel.yaml",
                 *DEMO,
                 "trainer.max_epochs=1",
                 "--out",
@@ -71,7 +71,7 @@ def test_run_writes_the_run_directory(tmp_path, capsys):
 
 
 def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
-    assert main(["run", "configs/demo.yaml", "data.batchsize=3"]) == 2
+    assert main(["run", "configs/demo-novel.yaml", "data.batchsize=3"]) == 2
     err = capsys.readouterr().err
     assert "data.batchsize" in err and "did you mean 'batch_size'" in err
     assert main(["run", str(tmp_path / "missing.yaml")]) == 2
@@ -79,7 +79,7 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
         main(
             [
                 "run",
-                "configs/demo.yaml",
+                "configs/demo-novel.yaml",
                 *TINY,
                 "data.dataset=imagefolder",
                 f"data.root={tmp_path / 'nothing'}",
@@ -90,7 +90,7 @@ def test_bad_input_exits_2_with_a_message(tmp_path, capsys):
         == 2
     )
     assert "does not exist" in capsys.readouterr().err
-    assert main(["run", "configs/demo.yaml", "--restart-from", "pretrain"]) == 2
+    assert main(["run", "configs/demo-novel.yaml", "--restart-from", "pretrain"]) == 2
 
 
 def test_list_and_help_from_a_real_process():
@@ -109,7 +109,7 @@ def test_list_and_help_from_a_real_process():
             "-m",
             "uniframework",
             "run",
-            "configs/demo.yaml",
+            "configs/demo-novel.yaml",
             "model.backbone=nope_net",
         ],
         capture_output=True,
@@ -129,7 +129,7 @@ def test_resume_after_the_process_is_killed(tmp_path):
         "-m",
         "uniframework",
         "run",
-        "configs/demo.yaml",
+        "configs/demo-novel.yaml",
         *DEMO,
         "trainer.max_epochs=8",
         "--out",
@@ -159,7 +159,7 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
             "-m",
             "uniframework",
             "run",
-            "configs/demo.yaml",
+            "configs/demo-novel.yaml",
             *DEMO,
             "trainer.devices=2",
             "trainer.strategy=ddp",
@@ -182,3 +182,18 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
     assert (out / "checkpoints/supervised_prototypes.safetensors").is_file()
     assert "openset.auroc" in metrics
     assert "discover.novel_acc" in metrics and "incremental.all_acc" in metrics
+
+
+def test_the_demo_is_the_realistic_open_world_and_the_easy_setting_is_its_own_config():
+    from uniframework.cli import demo_config
+    from uniframework.config import load_config
+
+    def discover(cfg):
+        return next(s["discover"] for s in cfg.stages if "discover" in s)
+
+    demo = load_config(demo_config())
+    assert demo.name == "demo"  # runs/demo, as the README says
+    assert demo.data.labelled_fraction < 1  # the known classes' other images are in the pool
+    assert discover(demo)["num_novel"] == "auto" and discover(demo)["estimate_on"] == "heads"
+    novel = load_config("configs/demo-novel.yaml")  # the transductive setting
+    assert novel.data.labelled_fraction == 1.0 and discover(novel).get("num_novel") is None

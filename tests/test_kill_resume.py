@@ -34,7 +34,7 @@ from uniframework.io import load_weights
 
 from .conftest import TINY
 
-CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
+CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "demo-novel.yaml")
 DETECT = {  # 2 tasks of 2 digit classes on 16 small scenes, 3 epochs each, a small detector
     "num_train": 16,
     "num_test": 4,

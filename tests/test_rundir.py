@@ -63,7 +63,7 @@ def _files(out):
 
 def test_a_changed_config_is_refused_and_nothing_is_written(tmp_path, capsys):
     out = tmp_path / "run"
-    base = ["run", "configs/demo.yaml", *TWO_STAGES, "--out", str(out)]
+    base = ["run", "configs/demo-novel.yaml", *TWO_STAGES, "--out", str(out)]
     assert main(base) == 0
     before = _files(out)
     capsys.readouterr()
@@ -87,7 +87,7 @@ def test_a_changed_config_is_refused_and_nothing_is_written(tmp_path, capsys):
 
 def test_restart_from_a_changed_later_stage_records_which_config_made_which(tmp_path, capsys):
     out = tmp_path / "run"
-    base = ["run", "configs/demo.yaml", *TWO_STAGES, "--out", str(out)]
+    base = ["run", "configs/demo-novel.yaml", *TWO_STAGES, "--out", str(out)]
     assert main(base) == 0
     old = yaml.safe_load((out / "config.yaml").read_text())
     capsys.readouterr()
@@ -114,7 +114,8 @@ def test_restart_from_a_changed_later_stage_records_which_config_made_which(tmp_
 def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("keep me")
     assert (
-        main(["run", "configs/demo.yaml", *TWO_STAGES, "--out", str(tmp_path), "--overwrite"]) == 2
+        main(["run", "configs/demo-novel.yaml", *TWO_STAGES, "--out", str(tmp_path), "--overwrite"])
+        == 2
     )
     assert "not a run directory" in capsys.readouterr().err
     assert (tmp_path / "mine.txt").read_text() == "keep me"

@@ -16,7 +16,7 @@ DIGITS = [*TINY, "data.image_size=16", "data.num_known=5", "trainer.max_epochs=4
 
 
 def _config(method, *extra):
-    cfg = load_config("configs/demo.yaml", [*DIGITS, *extra])
+    cfg = load_config("configs/demo-novel.yaml", [*DIGITS, *extra])
     stages = [
         {"supervised": {"lr": 0.003, "weight_decay": 0.0005}},
         {"openset": {"figures": False}},

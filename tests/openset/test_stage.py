@@ -21,7 +21,7 @@ def test_auto_labelling_takes_the_highest_energy_fraction():
 def test_openset_needs_novel_classes(tmp_path):
     no_pool = "stages.supervised.energy_margins=null"  # else supervised asks for a pool first
     cfg = load_config(
-        "configs/demo.yaml", [*TINY, "data.num_known=10", "data.num_tasks=1", no_pool]
+        "configs/demo-novel.yaml", [*TINY, "data.num_known=10", "data.num_tasks=1", no_pool]
     )
     with pytest.raises(UserError, match="needs novel classes"):
         run(cfg, tmp_path)
@@ -30,7 +30,8 @@ def test_openset_needs_novel_classes(tmp_path):
 def test_detector_must_be_among_the_scorers():
     with pytest.raises(UserError, match="detector 'knn' must be one of scorers"):
         load_config(
-            "configs/demo.yaml", ["stages.openset.scorers=[msp]", "stages.openset.detector=knn"]
+            "configs/demo-novel.yaml",
+            ["stages.openset.scorers=[msp]", "stages.openset.detector=knn"],
         )
 
 

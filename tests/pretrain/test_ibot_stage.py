@@ -25,7 +25,7 @@ from .test_stage import VIT
 
 def ibot(epochs: int = 2, **opts):
     """The ibot method and its model for the test ViT (16 px, patch 4, 2 blocks)."""
-    cfg = load_config("configs/demo.yaml", VIT)
+    cfg = load_config("configs/demo-novel.yaml", VIT)
     o = PretrainOptions(method="ibot", out_dim=64, **opts)
     method = METHODS.get("ibot")(o, make_recipe(o, METHODS.get("ibot").defaults, epochs, 4))
     return method, build_method_model(method, "ibot", build_backbone(cfg.model, 16), cfg)
@@ -139,7 +139,7 @@ def test_ibot_then_supervised(tmp_path, caplog):
         "stages=[{pretrain: {method: ibot, out_dim: 256, local_crops: 2, "
         "linear_probe_iters: 0}}, {supervised: {}}]"
     )
-    cfg = load_config("configs/demo.yaml", [*VIT, stages])
+    cfg = load_config("configs/demo-novel.yaml", [*VIT, stages])
     with caplog.at_level(logging.INFO):
         metrics = run(cfg, tmp_path)
     assert metrics["pretrain.knn_acc"] > 0.3  # chance 0.2

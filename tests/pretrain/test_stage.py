@@ -108,7 +108,7 @@ def test_paper_defaults_fill_the_recipe(method, want):
 
 def test_unknown_method_is_named():
     with pytest.raises(UserError, match="did you mean 'mae'"):
-        load_config("configs/demo.yaml", [*TINY, "stages=[{pretrain: {method: maee}}]"])
+        load_config("configs/demo-novel.yaml", [*TINY, "stages=[{pretrain: {method: maee}}]"])
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ def test_unknown_method_is_named():
     ids=["mae-vit", "simmim-vit", "simmim-swin"],
 )
 def test_method_model_trains_and_exports_into_the_backbone(method, overrides):
-    cfg = load_config("configs/demo.yaml", overrides)
+    cfg = load_config("configs/demo-novel.yaml", overrides)
     opts = PretrainOptions(method=method, decoder_dim=32, decoder_depth=1)
     cls = METHODS.get(method)
     m = cls(opts, make_recipe(opts, cls.defaults, 2, 4))
@@ -144,7 +144,7 @@ def test_method_model_trains_and_exports_into_the_backbone(method, overrides):
 )
 def test_simmim_mask_patch_default_and_option(size, patch, option, want):
     over = [f"data.image_size={size}", f"model.patch_size={patch}", "model.timm_kwargs={depth: 1}"]
-    cfg = load_config("configs/demo.yaml", [*VIT, *over])
+    cfg = load_config("configs/demo-novel.yaml", [*VIT, *over])
     opts = PretrainOptions(method="simmim", mask_patch_size=option)
     m = METHODS.get("simmim")(opts, make_recipe(opts, METHODS.get("simmim").defaults, 2, 4))
     model = build_method_model(m, "simmim", build_backbone(cfg.model, size), cfg)
@@ -156,7 +156,7 @@ def test_simmim_mask_patch_default_and_option(size, patch, option, want):
 
 
 def test_backbone_the_method_cannot_pretrain_is_refused():
-    cfg = load_config("configs/demo.yaml", TINY)  # resnet_tiny
+    cfg = load_config("configs/demo-novel.yaml", TINY)  # resnet_tiny
     opts = PretrainOptions(method="mae")
     m = METHODS.get("mae")(opts, make_recipe(opts, METHODS.get("mae").defaults, 2, 4))
     with pytest.raises(UserError, match="mae needs a VisionTransformer backbone"):
@@ -172,7 +172,7 @@ def test_mae_then_supervised(tmp_path, caplog):
     stages = (
         "stages=[{pretrain: {method: mae, decoder_dim: 32, decoder_depth: 1}}, {supervised: {}}]"
     )
-    cfg = load_config("configs/demo.yaml", [*VIT, stages])
+    cfg = load_config("configs/demo-novel.yaml", [*VIT, stages])
     with caplog.at_level(logging.INFO):
         metrics = run(cfg, tmp_path)
     for key in ("knn_acc", "linear_acc", "final_loss"):
@@ -190,7 +190,7 @@ def test_mae_then_supervised(tmp_path, caplog):
 
 def test_simmim(tmp_path):
     stages = "stages=[{pretrain: {method: simmim, linear_probe_iters: 0, figures: true}}]"
-    cfg = load_config("configs/demo.yaml", [*VIT, stages])
+    cfg = load_config("configs/demo-novel.yaml", [*VIT, stages])
     metrics = run(cfg, tmp_path)
     assert math.isfinite(metrics["pretrain.knn_acc"]) and math.isnan(metrics["pretrain.linear_acc"])
     assert (tmp_path / "pretrain" / "recon_epoch001.png").is_file()
@@ -202,7 +202,7 @@ def test_simmim(tmp_path):
 
 
 def test_nan_loss_is_a_user_error():
-    cfg = load_config("configs/demo.yaml", VIT)
+    cfg = load_config("configs/demo-novel.yaml", VIT)
     opts = PretrainOptions(method="mae", decoder_dim=32, decoder_depth=1)
     m = METHODS.get("mae")(opts, make_recipe(opts, METHODS.get("mae").defaults, 2, 4))
     module = PretrainModule(build_method_model(m, "mae", build_backbone(cfg.model, 16), cfg), m)
@@ -214,9 +214,9 @@ def test_nan_loss_is_a_user_error():
 
 def test_cut_off_pretrain_resumes_from_last_ckpt(tmp_path, caplog):
     stages = "stages=[{pretrain: {decoder_dim: 32, linear_probe_iters: 0, figures: false}}]"
-    run(load_config("configs/demo.yaml", [*VIT, stages, "trainer.max_epochs=1"]), tmp_path)
+    run(load_config("configs/demo-novel.yaml", [*VIT, stages, "trainer.max_epochs=1"]), tmp_path)
     # as if a 2-epoch run had been killed after its first epoch: its config, no finished stage
-    full = load_config("configs/demo.yaml", [*VIT, stages])
+    full = load_config("configs/demo-novel.yaml", [*VIT, stages])
     save_config(full, tmp_path / "config.yaml")
     (tmp_path / "state.json").unlink()
     with caplog.at_level(logging.INFO):

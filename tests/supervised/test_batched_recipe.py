@@ -64,7 +64,7 @@ def test_batched_recipe_runs_with_the_pool(tmp_path, monkeypatch):
 
     monkeypatch.setattr(stage_module, "fit", spy)
     cfg = load_config(
-        "configs/demo.yaml",
+        "configs/demo-novel.yaml",
         [
             *TINY,
             "data.image_size=16",
@@ -112,7 +112,7 @@ def test_the_whole_loop_runs_on_the_batched_path(tmp_path, monkeypatch):
 
         monkeypatch.setattr(module, "fit", spy)
     cfg = load_config(
-        "configs/demo.yaml",
+        "configs/demo-novel.yaml",
         [*TINY, "data.batched=true", "stages.discover.max_epochs=1", "stages.incremental.epochs=1"],
     )
     metrics = run(cfg, tmp_path)

@@ -33,7 +33,7 @@ def test_energy_margin_loss_against_hand_computation():
 
 def test_margins_must_be_ordered():
     with pytest.raises(UserError, match="m_in < m_out"):
-        load_config("configs/demo.yaml", ["stages.supervised.energy_margins=[-3, -7]"])
+        load_config("configs/demo-novel.yaml", ["stages.supervised.energy_margins=[-3, -7]"])
 
 
 def test_energy_margins_separate_pool_from_known(tmp_path):
@@ -47,7 +47,7 @@ def test_energy_margins_separate_pool_from_known(tmp_path):
         "margins": ["stages.supervised.energy_margins=[-7,-3]"],
     }.items():
         cfg = load_config(
-            "configs/demo.yaml",
+            "configs/demo-novel.yaml",
             [*TINY, "trainer.max_epochs=4", "stages.supervised.unknown_topk=64", *extra],
         )
         cfg = cfg.model_copy(update={"stages": cfg.stages[:1]})
@@ -63,6 +63,6 @@ def test_energy_margins_separate_pool_from_known(tmp_path):
 
 
 def test_margins_without_a_pool_name_the_fix(tmp_path):
-    cfg = load_config("configs/demo.yaml", [*TINY, "data.num_known=10", "data.num_tasks=1"])
+    cfg = load_config("configs/demo-novel.yaml", [*TINY, "data.num_known=10", "data.num_tasks=1"])
     with pytest.raises(UserError, match="need an unlabelled pool: set data.num_known below"):
         run(cfg, tmp_path)

@@ -12,7 +12,7 @@ from ..conftest import TINY
 
 def _run(tmp_path, keep):
     cfg = load_config(
-        "configs/demo.yaml",
+        "configs/demo-novel.yaml",
         [*TINY, "trainer.max_epochs=4", f"stages.supervised.keep={keep}"],
     )
     run(cfg.model_copy(update={"stages": cfg.stages[:1]}), tmp_path)

@@ -25,7 +25,7 @@ def test_defaults_pinned():
 def test_unmeetable_normalised_margin_is_a_user_error():
     with pytest.raises(UserError, match="at most 2"):
         load_config(
-            "configs/demo.yaml",
+            "configs/demo-novel.yaml",
             [
                 "stages.supervised.contrastive_features=normalised",
                 "stages.supervised.contrastive_margin=10",
@@ -35,7 +35,7 @@ def test_unmeetable_normalised_margin_is_a_user_error():
 
 def _updates(opts: SupervisedOptions, total: int) -> tuple[int, list[int]]:
     """(interval, steps at which the prototypes changed) over a simulated run of `total` steps."""
-    cfg = load_config("configs/demo.yaml", TINY)
+    cfg = load_config("configs/demo-novel.yaml", TINY)
     model = build_classifier(cfg.model, 8, 3)
     module = SupervisedModule(model, opts, 3)
     module._trainer = SimpleNamespace(

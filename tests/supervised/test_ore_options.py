@@ -21,7 +21,7 @@ def test_least_known_by_energy_and_by_prototype():
 
 def test_unknown_output_is_trained_and_prototypes_are_saved(tmp_path):
     cfg = load_config(
-        "configs/demo.yaml",
+        "configs/demo-novel.yaml",
         [
             *TINY,
             "trainer.max_epochs=6",

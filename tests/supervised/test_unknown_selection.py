@@ -68,7 +68,7 @@ def test_margin_loss_without_outliers_keeps_the_known_term():
 
 def test_a_mixed_pool_run_reports_the_selection(tmp_path):
     cfg = load_config(
-        "configs/demo.yaml",
+        "configs/demo-novel.yaml",
         [
             *TINY,
             "data.labelled_fraction=0.5",
