@@ -373,7 +373,10 @@ def write_report(run_dir: str | Path) -> Path:
         ),
         _section(
             "Feature embedding",
-            [(d / "discover" / "embedding.png", "t-SNE: known, unknown and discovered classes")],
+            [
+                (d / "discover" / "embedding.png", "t-SNE: known, unknown and discovered classes"),
+                (d / "discover" / "count.png", "the class count: each candidate count's score"),
+            ],
             "feature embedding",
             "discover",
         ),

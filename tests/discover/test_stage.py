@@ -145,6 +145,7 @@ def test_the_count_heads_estimate_picks_a_head_and_goes_on_with_its_count(tmp_pa
     line = next(m for m in caplog.messages if "count heads' silhouette" in m)
     scores = ast.literal_eval(line.split("scores ")[1].rstrip(")"))  # {count: silhouette}
     assert sorted(scores) == [2, 3, 4, 5, 6] and scores[n] == max(scores.values())
+    assert (tmp_path / "discover/count.png").stat().st_size > 0  # the scores, drawn
 
 
 @pytest.mark.parametrize("estimate_on", ["overclustered", "heads"])

@@ -1,4 +1,5 @@
-"""A 2-D t-SNE of features: known classes, and the novel images coloured by discovered class."""
+"""The discover stage's figures: a 2-D t-SNE of features (known classes, and the novel images
+coloured by discovered class), and the class-count estimate's scores."""
 
 from __future__ import annotations
 
@@ -49,4 +50,22 @@ def embedding_figure(
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
+    save_figure(fig, path)
+
+
+def count_figure(scores: dict[int, float], chosen: int, truth: int | None, path: Path) -> None:
+    """The class-count estimate at a glance: each candidate count's score (e.g. the count
+    heads' silhouette), the chosen count marked, and the truth where the run knows it."""
+    counts = sorted(scores)
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.plot(counts, [scores[c] for c in counts], "o-", c="tab:blue")
+    best = scores[chosen]
+    ax.plot([chosen], [best], "o", ms=12, mfc="none", c="tab:red", label=f"chosen {chosen}")
+    if truth is not None:
+        ax.axvline(truth, ls="--", c="0.5", label=f"truth {truth}")
+    ax.set_xticks(counts)
+    ax.set_xlabel("candidate number of novel classes")
+    ax.set_ylabel("score")
+    ax.set_title("how many novel classes?")
+    ax.legend()
     save_figure(fig, path)

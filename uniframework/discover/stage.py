@@ -192,6 +192,12 @@ class DiscoverStage:
             else:
                 n, scores = estimate_by_silhouette(pool["features"], counts, seed, **tol)
             metrics["num_novel_est"] = n
+            from lightning.pytorch.utilities import rank_zero_only
+
+            if opts.figures and rank_zero_only.rank == 0:
+                from .figures import count_figure
+
+                count_figure(scores, n, len(split.novel), ctx.run_dir / "discover" / "count.png")
             log.info(
                 "discover: %d novel classes estimated (truth %d; %s scores %s)",
                 n,
