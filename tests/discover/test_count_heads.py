@@ -1,7 +1,6 @@
 """Counting the novel classes with one Sinkhorn head per candidate count (`estimate_on: heads`)."""
 
 import copy
-import warnings
 
 import numpy as np
 import pytest
@@ -12,15 +11,8 @@ from uniframework.discover.clustering import best_partition, head_partitions
 from uniframework.discover.openmix import OpenMixModule
 from uniframework.discover.stage import DiscoverOptions
 from uniframework.discover.uno import UNOModule
-from uniframework.models import Classifier
 
-
-class _Flat(nn.Sequential):
-    num_features = 6
-
-
-def _model(k, n):
-    return Classifier(_Flat(nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6)), k + n)
+from .test_overcluster import _batch, _model, _step
 
 
 def _blobs(centres: int, per: int, dim: int = 8, spread: float = 0.05, seed: int = 0):
@@ -85,22 +77,11 @@ def test_the_over_head_and_a_count_head_share_one_swapped_loss():
     assert torch.allclose(got, module.overcluster_loss(f1, f2, known1, known2))
 
 
-def _step(module, batch, seed):
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # self.log outside a Trainer
-        return module.training_step(batch, 0)
-
-
 @pytest.mark.parametrize("learner", [OpenMixModule, UNOModule])
 def test_the_step_adds_the_mean_of_the_count_heads_terms(learner):
     torch.manual_seed(2)
     k, n, b = 2, 3, 8
-    x = torch.randn(b, 3, 2, 2)
-    batch = {
-        "labelled": (x, x + 0.05 * torch.randn_like(x), torch.randint(0, k, (b,)), None),
-        "pool": (x, x + 0.1 * torch.randn_like(x), None, None),
-    }
+    batch = _batch(b, k)
     model = _model(k, n)
     plain = learner(copy.deepcopy(model), DiscoverOptions(), num_known=k)
     counted = learner(copy.deepcopy(model), DiscoverOptions(), num_known=k)

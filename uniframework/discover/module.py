@@ -25,6 +25,7 @@ class DiscoverModule(L.LightningModule):
         super().__init__()
         self.model, self.opts, self.num_known = model, opts, num_known
         self.beta = torch.distributions.Beta(opts.mix_alpha, opts.mix_alpha)
+        self.count_heads = None  # `add_count_heads`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -58,7 +59,7 @@ class DiscoverModule(L.LightningModule):
         head); dropped after training like the over-clustering head. Each head is forced to
         share the pool out equally among its c clusters, so only a head with the right c can
         follow the classes without splitting or merging one: the stage compares the heads'
-        partitions (`clustering.estimate_by_partition_silhouette`)."""
+        partitions (`clustering.head_partitions`, `clustering.best_partition`)."""
         self.count_heads = nn.ModuleList(self._extra_head(c) for c in counts)
 
     def _extra_head(self, rows: int) -> nn.Linear:
@@ -102,7 +103,7 @@ class DiscoverModule(L.LightningModule):
             over = self.overcluster_loss(f1, f2, known1, known2)
             self.log("train_overcluster_loss", over, on_epoch=True, on_step=False)
             loss = loss + over
-        heads = getattr(self, "count_heads", None)
+        heads = self.count_heads
         if heads:  # UNO averages its heads' losses
             count = sum(self.swapped_head_loss(h, f1, f2, known1, known2) for h in heads)
             count = count / len(heads)

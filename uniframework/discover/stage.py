@@ -50,6 +50,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
 from pydantic import Field
 
 from ..config import Section
@@ -168,9 +169,9 @@ class DiscoverStage:
             centres = torch.from_numpy(km.cluster_centers_).float()
             model = novel_head(supervised, k, opts.max_novel, centres)
             index = pool["index"].numpy()
-            counts = range(2, opts.max_novel + 1) if heads else None
+            head_counts = range(2, opts.max_novel + 1) if heads else None
             probe = _train(
-                ctx, opts, model, k, index, opts.estimate_epochs, "discover_estimate", counts
+                ctx, opts, model, k, index, opts.estimate_epochs, "discover_estimate", head_counts
             )
             if probe is None:
                 return {}  # not rank 0
@@ -192,8 +193,6 @@ class DiscoverStage:
             else:
                 n, scores = estimate_by_silhouette(pool["features"], counts, seed, **tol)
             metrics["num_novel_est"] = n
-            from lightning.pytorch.utilities import rank_zero_only
-
             if opts.figures and rank_zero_only.rank == 0:
                 from .figures import count_figure
 
@@ -221,8 +220,6 @@ class DiscoverStage:
             trained = _train(ctx, opts, model, k, pool["index"].numpy())
             if trained is None:  # not rank 0
                 return {}
-        from lightning.pytorch.utilities import rank_zero_only
-
         if rank_zero_only.rank != 0:
             return {}
         test = extract(model, data.loader(data.view("test")))
