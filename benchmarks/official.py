@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/official.py [--official-root official] [--methods mae,simmim,ibot]
         [--configs 32px,224px] [--rounds 4] [--steps 10] [--warmup 2] [--threads N]
-        [--compile] [--fused] [--out benchmarks/out/official.json]
+        [--compile] [--fused] [--bf16] [--blocked]
+        [--attention auto|fused|explicit] [--out benchmarks/out/official.json]
 
 The official code is imported from a git-ignored folder, never copied into the project. Make it
 once, from the repository root:
@@ -17,14 +18,22 @@ What is timed: one full training step (forward, loss, backward, AdamW step, zero
 its EMA teacher update) of the project's model (A) and of the official model (B), built with the
 same shapes: ViT-Ti (embed 192, depth 12, heads 3), same image size, patch, batch, mask ratio,
 the same input tensor. In one process the steps are interleaved A, B, A, B, ... after `--warmup`
-untimed steps each; even rounds start with A, odd rounds with B. Per pair: the median step time
+untimed steps each (`--blocked`: A's warm-up and timed steps, then B's, so neither step follows
+the other model's); even rounds start with A, odd rounds with B. Per pair: the median step time
 of each over all rounds, B / A (the project's speed-up, > 1 = the project is faster) with its
 spread (min..max of the per-round ratios of medians), and both parameter counts.
 
 Configurations (`--configs`): `32px` = ViT-Ti/4 at 32 px, batch 64; `224px` = ViT-Ti/16 at
-224 px, batch 32. Project variants: `eager` (AdamW `fused=True` with `--fused`) and `compile`
-(torch.compile of the project model, only with `--compile`: minutes of compilation on a CPU).
-The official side always runs as published: eager, plain AdamW. CPU only (no device syncs).
+224 px, batch 32. Project variants: `eager` (AdamW `fused=True` with `--fused`), `compile`
+(torch.compile of the project model, only with `--compile`: minutes of compilation on a CPU)
+and `bf16` (only with `--bf16`: the forward and loss under `torch.autocast("cpu",
+torch.bfloat16)`, which is what the project's `trainer.precision: bf16-mixed` runs on a CPU).
+The project's ViT layers take the attention path a fit would (`trainer.attention`, `--attention`:
+`auto` = the explicit softmax(q k^T) v on a CPU; `fused` = F.scaled_dot_product_attention).
+The official side runs as published: eager, plain AdamW, the installed timm's attention (fused
+for MAE; SimMIM and iBOT have their own, explicit), fp32 (its training loops autocast with
+`torch.cuda.amp`, which does nothing on a CPU); with `--bf16` it is also timed under the same
+bf16 autocast, so the precision's share of a speed-up is visible. CPU only (no device syncs).
 
 Per method:
 - mae: official `models_mae.MaskedAutoencoderViT` against the project's `MaskedAutoencoderViT`,
@@ -101,6 +110,7 @@ from uniframework.pretrain.ibot import ema_update, ibot_vit_tiny_patch4
 from uniframework.pretrain.mae import MaskedAutoencoderViT
 from uniframework.pretrain.masking import simmim_mask_patch_size
 from uniframework.pretrain.simmim import SimMIM, SimMIMViT
+from uniframework.training import set_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 VIT_TI = dict(embed_dim=192, depth=12, num_heads=3)
@@ -231,17 +241,21 @@ def _runner(
     fused: bool = False,
     after: Callable[[nn.Module], None] | None = None,
     use_compile: bool = False,
+    bf16: bool = False,
 ) -> Runner:
     """A full training step of `model`: loss -> backward -> AdamW -> zero_grad -> after(model).
 
     `loss` gets the module to call (torch.compile's wrapper with use_compile); `after` gets the
-    model itself (iBOT's EMA teacher update)."""
+    model itself (iBOT's EMA teacher update); `bf16`: the forward and loss under CPU autocast to
+    bfloat16 (what `trainer.precision: bf16-mixed` does; weights and AdamW stay fp32)."""
     module = torch.compile(model) if use_compile else model
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=LR, fused=True if fused else None)
 
     def step() -> None:
-        loss(module).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            value = loss(module)
+        value.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if after is not None:
@@ -256,9 +270,15 @@ def project_runners(
     args: argparse.Namespace,
     after: Callable[[nn.Module], None] | None = None,
 ) -> dict[str, Runner]:
-    """`project` (eager) and, with --compile, `compiled` (a copy of the model, compiled)."""
-    opt = "fused AdamW" if args.fused else "AdamW"
+    """`project` (eager); with --compile, `compiled` (a copy of the model, compiled); with
+    --bf16, `bf16` (a copy, eager under bf16 autocast)."""
+    set_attention(model, fused=args.attention == "fused")  # a fit's `auto` on a CPU: explicit
+    opt = f"{'fused AdamW' if args.fused else 'AdamW'}, {_attention(args)} attention"
     runners = {"project": _runner(f"project eager, {opt}", model, loss, args.fused, after)}
+    if args.bf16:
+        label = f"project eager bf16-mixed, {opt}"
+        twin = copy.deepcopy(model)
+        runners["bf16"] = _runner(label, twin, loss, args.fused, after, bf16=True)
     if args.compile:
         twin = copy.deepcopy(model)  # own weights and optimizer state
         label = f"project compile, {opt}"
@@ -266,9 +286,35 @@ def project_runners(
     return runners
 
 
+def official_runners(
+    runners: dict[str, Runner],
+    build: Callable[[], nn.Module],
+    loss: Callable[[nn.Module], torch.Tensor],
+    args: argparse.Namespace,
+    after: Callable[[nn.Module], None] | None = None,
+) -> nn.Module:
+    """`official` (as published: on a CPU its `torch.cuda.amp.autocast` is off, so fp32) and,
+    with --bf16, `official_bf16` (a second model from `build`, under the same bf16 autocast as
+    the project's; built anew since iBOT's weight-normed head cannot be deep-copied). Returns
+    the `official` model."""
+    if args.bf16:
+        runners["official_bf16"] = _runner(
+            "official, bf16 autocast", build(), loss, after=after, bf16=True
+        )
+    model = build()
+    runners["official"] = _runner("official", model, loss, after=after)
+    return model
+
+
+def _attention(args: argparse.Namespace) -> str:
+    return "fused" if args.attention == "fused" else "explicit"
+
+
 def _pairs(runners: dict[str, Runner]) -> list[tuple[str, str]]:
-    """(A, B) pairs: each project variant against the official model."""
-    return [(key, "official") for key in ("project", "compiled") if key in runners]
+    """(A, B) pairs: each project variant against the official model as published; the bf16
+    project also against the official model under the same autocast."""
+    pairs = [(key, "official") for key in ("project", "compiled", "bf16") if key in runners]
+    return pairs + [("bf16", "official_bf16")] * ("official_bf16" in runners)
 
 
 # ---------------------------------------------------------------- mae
@@ -298,13 +344,12 @@ def mae_runners(folder: Path, cfg: Config, imgs: torch.Tensor, args: argparse.Na
         img_size=cfg.size, patch_size=cfg.patch, **VIT_TI, **MAE_DECODER, norm_pix_loss=True,
         mask_ratio=MAE_RATIO,
     )  # fmt: skip
-    official = official_mae(folder, cfg)
 
     def official_loss(m: nn.Module) -> torch.Tensor:
         return m(imgs, mask_ratio=MAE_RATIO)[0]
 
     runners = project_runners(project, lambda m: m(imgs, MAE_RATIO)[0], args)
-    runners["official"] = _runner("official", official, official_loss)
+    official = official_runners(runners, partial(official_mae, folder, cfg), official_loss, args)
     manual = _manual_attention(copy.deepcopy(official))
     runners["manual"] = _runner("official, manual attn (timm 0.3.2)", manual, official_loss)
     # MAE's own speed-up: the same model (a copy) with the encoder on every token
@@ -342,8 +387,8 @@ def simmim_runners(folder: Path, cfg: Config, imgs: torch.Tensor, args: argparse
     mask = project.random_mask(cfg.batch)  # [B, H/p, W/p] bool, True = masked
     official_mask = mask.long()  # the official loader collates numpy int masks
     runners = project_runners(project, lambda m: m(imgs, mask)[0], args)
-    official = official_simmim(folder, cfg)
-    runners["official"] = _runner("official", official, lambda m: m(imgs, official_mask))
+    build = partial(official_simmim, folder, cfg)
+    official_runners(runners, build, lambda m: m(imgs, official_mask), args)
     return runners, _pairs(runners)
 
 
@@ -396,10 +441,11 @@ def ibot_runners(folder: Path, cfg: Config, imgs: torch.Tensor, args: argparse.N
         args,
         after=lambda m: m.update_teacher(EMA_MOMENTUM),
     )
-    runners["official"] = _runner(
-        "official",
-        official_ibot(folder, cfg),
+    official_runners(
+        runners,
+        partial(official_ibot, folder, cfg),
         official_loss,
+        args,
         after=lambda m: ema_update(m["teacher"], m["student"], EMA_MOMENTUM),
     )
     return runners, _pairs(runners)
@@ -411,19 +457,26 @@ BUILDERS = {"mae": mae_runners, "simmim": simmim_runners, "ibot": ibot_runners}
 # ---------------------------------------------------------------- timing
 
 
-def time_pair(a: Runner, b: Runner, rounds: int, steps: int, warmup: int) -> dict[str, Any]:
-    """Interleaved steps A, B, A, B, ...; even rounds start with A, odd rounds with B."""
+def time_pair(
+    a: Runner, b: Runner, rounds: int, steps: int, warmup: int, blocked: bool = False
+) -> dict[str, Any]:
+    """Interleaved steps A, B, A, B, ... (`blocked`: all of A's steps of a round, then all of
+    B's); even rounds start with A, odd rounds with B."""
     every: dict[str, list[float]] = {"a": [], "b": []}
     per_round = []
     for r in range(rounds):
         order = [("a", a), ("b", b)] if r % 2 == 0 else [("b", b), ("a", a)]
         got: dict[str, list[float]] = {"a": [], "b": []}
-        for i in range(warmup + steps):
-            for key, runner in order:
-                start = time.perf_counter()
-                runner.step()
-                if i >= warmup:
-                    got[key].append(time.perf_counter() - start)
+        schedule = (
+            [(i, k, run) for k, run in order for i in range(warmup + steps)]
+            if blocked
+            else [(i, k, run) for i in range(warmup + steps) for k, run in order]
+        )
+        for i, key, runner in schedule:
+            start = time.perf_counter()
+            runner.step()
+            if i >= warmup:
+                got[key].append(time.perf_counter() - start)
         ms_a, ms_b = statistics.median(got["a"]) * 1e3, statistics.median(got["b"]) * 1e3
         per_round.append(dict(first=order[0][0], ms_a=ms_a, ms_b=ms_b, ratio=ms_b / ms_a))
         for key in every:
@@ -505,6 +558,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (slow)")
     p.add_argument("--fused", action="store_true", help="fused AdamW for the project model")
+    p.add_argument("--bf16", action="store_true", help="also time bf16 autocast (CPU)")
+    p.add_argument(
+        "--attention",
+        choices=["auto", "fused", "explicit"],
+        default="auto",
+        help="the project's attention path (trainer.attention; auto = explicit on a CPU)",
+    )
+    p.add_argument(
+        "--blocked", action="store_true", help="each round: A's steps, then B's (not A, B, A, B)"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "official.json")
     return p.parse_args()
 
@@ -545,7 +608,7 @@ def main() -> None:
 
 
 def _timing(args: argparse.Namespace) -> dict[str, int]:
-    return dict(rounds=args.rounds, steps=args.steps, warmup=args.warmup)
+    return dict(rounds=args.rounds, steps=args.steps, warmup=args.warmup, blocked=args.blocked)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

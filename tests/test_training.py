@@ -1,11 +1,13 @@
 """training.ChannelsLast (`trainer.channels_last`): NHWC while fitting, NCHW after;
-training.Compile (`trainer.compile`): the backbones compiled for the fit, eager after."""
+training.Compile (`trainer.compile`): the backbones compiled for the fit, eager after;
+`trainer.precision: bf16-mixed` on a CPU; training.AttentionPath (`trainer.attention`)."""
 
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from uniframework.training import ChannelsLast, Compile, compile_targets
+from uniframework.training import AttentionPath, ChannelsLast, Compile, compile_targets
 
 
 class _Net(L.LightningModule):
@@ -109,5 +111,72 @@ def test_the_trainer_options_add_the_callbacks(tmp_path):
         cfg = TrainerConfig(accelerator="cpu", enable_progress_bar=False, **options)
         return {type(c) for c in make_trainer(cfg, tmp_path, "supervised").callbacks}
 
-    assert {Compile, ChannelsLast} <= kinds(compile=True, channels_last=True)
+    assert {Compile, ChannelsLast, AttentionPath} <= kinds(compile=True, channels_last=True)
     assert not {Compile, ChannelsLast} & kinds()
+    assert AttentionPath in kinds()  # always: `auto` picks the path by device
+
+
+class _Recorder(_Net):
+    """Records the conv output's and the weight's dtype in each step."""
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        y = self.conv(x)
+        self.seen.append((y.dtype, self.conv.weight.dtype))
+        return y.float().square().mean()
+
+
+def test_bf16_mixed_runs_the_steps_in_bfloat16_on_fp32_weights(tmp_path):
+    """`trainer.precision: bf16-mixed` on a CPU (BENCHMARKS "bf16 on this CPU"): the step's
+    convolutions run in bfloat16 under autocast, the weights and their update stay fp32."""
+    from uniframework.config import TrainerConfig
+    from uniframework.training import make_trainer
+
+    torch.manual_seed(0)
+    net = _Recorder()
+    before = net.conv.weight.detach().clone()
+    cfg = TrainerConfig(accelerator="cpu", precision="bf16-mixed", enable_progress_bar=False)
+    data = DataLoader(TensorDataset(torch.randn(8, 3, 6, 6)), batch_size=4)
+    make_trainer(cfg, tmp_path, "supervised", max_epochs=1).fit(net, data)
+    assert net.seen == [(torch.bfloat16, torch.float32)] * 2
+    assert net.conv.weight.dtype == torch.float32
+    assert not torch.equal(net.conv.weight, before)  # it trained
+
+
+class _Attending(L.LightningModule):
+    """A timm attention layer; each step records whether it ran the fused path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.models.vision_transformer import Attention
+
+        self.attn, self.fused = Attention(4, num_heads=2), []
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        self.fused.append(self.attn.fused_attn)
+        return self.attn(x.reshape(len(x), -1, 4)).square().mean()  # 27 tokens
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("mode,during", [("auto", False), ("explicit", False), ("fused", True)])
+def test_attention_path_for_the_fit_and_timms_default_after(mode, during):
+    net = _Attending()
+    assert net.attn.fused_attn  # timm's default where F.scaled_dot_product_attention exists
+    _fit([AttentionPath(mode)], net)
+    assert net.fused == [during, during]  # on this CPU: `auto` = explicit
+    assert net.attn.fused_attn  # put back
+
+
+def test_both_attention_paths_compute_the_same_thing():
+    torch.manual_seed(0)
+    net, x = _Attending(), torch.randn(3, 5, 4, requires_grad=True)
+    out = {}
+    for fused in (True, False):
+        net.attn.fused_attn = fused
+        y = net.attn(x)
+        (grad,) = torch.autograd.grad(y.square().sum(), x)
+        out[fused] = (y.detach(), grad)
+    torch.testing.assert_close(out[True], out[False])

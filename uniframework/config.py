@@ -97,6 +97,11 @@ class TrainerConfig(Section):
     # torch.compile (inductor) on each fit's backbone / encoder (`training.compile_targets`);
     # off by default: BENCHMARKS.md "Throughput" has what it pays on this CPU
     compile: bool = False
+    # attention in every fit's timm ViT / Swin layers: `fused` = F.scaled_dot_product_attention,
+    # `explicit` = softmax(q k^T / sqrt(d)) v as matrix products, `auto` = fused on a GPU and
+    # explicit on a CPU, where the fused kernel's backward is the slower one (BENCHMARKS.md
+    # "bf16 and attention on a CPU"); evaluation outside the fits keeps timm's default (fused)
+    attention: Literal["auto", "fused", "explicit"] = "auto"
     # CSV is always written (logs/<stage>/csv); tensorboard adds logs/<stage>/tensorboard,
     # mlflow adds one MLflow run per run directory (needs the `mlflow` extra), csv adds nothing
     logger: Literal["tensorboard", "mlflow", "csv"] = "tensorboard"

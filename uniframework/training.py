@@ -72,6 +72,7 @@ def make_trainer(
             *progress,
             *([ChannelsLast()] if cfg.channels_last else []),
             *([Compile()] if cfg.compile else []),
+            AttentionPath(cfg.attention),
         ],
         logger=_loggers(cfg, run_dir, stage),
         plugins=[AtomicCheckpointIO()],
@@ -121,6 +122,35 @@ class ChannelsLast(L.Callback):
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         pl_module.to(memory_format=torch.contiguous_format)
+
+
+def set_attention(module: nn.Module, fused: bool) -> dict[nn.Module, bool]:
+    """Every attention layer in `module` with timm's `fused_attn` switch (ViT, Swin, the MAE /
+    SimMIM / iBOT encoders and decoders) set to `fused`; returns each one's previous setting."""
+    previous = {m: m.fused_attn for m in module.modules() if hasattr(m, "fused_attn")}
+    for m in previous:
+        m.fused_attn = fused
+    return previous
+
+
+class AttentionPath(L.Callback):
+    """`trainer.attention`: the attention path of the module's timm layers for the fit, put back
+    when it ends. `auto`: F.scaled_dot_product_attention on a GPU; on a CPU the explicit
+    softmax(q k^T) v, whose backward is plain matrix products (the fused CPU kernel's backward
+    costs ~30% of a ViT-Ti step there, and bf16 widens the gap)."""
+
+    def __init__(self, mode: str = "auto") -> None:
+        self.mode, self.previous = mode, {}
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        on_cpu = trainer.strategy.root_device.type == "cpu"
+        fused = self.mode == "fused" or (self.mode == "auto" and not on_cpu)
+        self.previous = set_attention(pl_module, fused)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for m, fused in self.previous.items():
+            m.fused_attn = fused
+        self.previous = {}
 
 
 def _loggers(cfg: TrainerConfig, run_dir: Path, stage: str) -> list[Logger]:

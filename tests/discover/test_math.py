@@ -56,6 +56,17 @@ def test_sinkhorn_rows_and_columns_sum_to_the_marginals(n, k):
     assert (q >= 0).all()
 
 
+def test_sinkhorn_on_bf16_scores_works_in_fp32():
+    """Under `trainer.precision: bf16-mixed` the cosine scores arrive in bfloat16; the
+    assignments are computed in fp32 and are those of the same scores given as fp32."""
+    torch.manual_seed(0)
+    scores = torch.randn(32, 5).bfloat16()
+    q = sinkhorn_knopp(scores, epsilon=0.05, iters=3)
+    assert q.dtype == torch.float32
+    assert torch.allclose(q.sum(1), torch.ones(32), atol=1e-5)
+    torch.testing.assert_close(q, sinkhorn_knopp(scores.float(), epsilon=0.05, iters=3))
+
+
 def test_sinkhorn_spreads_a_batch_that_prefers_one_cluster():
     logits = torch.zeros(40, 4)
     logits[:, 0] = 0.2  # every sample leans to cluster 0
