@@ -360,6 +360,11 @@ def mae_runners(folder: Path, cfg: Config, imgs: torch.Tensor, args: argparse.Na
         args.fused,
     )
     pairs = _pairs(runners) + [("project", "manual"), ("project", "all_tokens")]
+    if args.bf16:  # the same precision and attention path on both sides
+        twin = copy.deepcopy(manual)
+        label = "official, manual attn (timm 0.3.2), bf16 autocast"
+        runners["manual_bf16"] = _runner(label, twin, official_loss, bf16=True)
+        pairs.append(("bf16", "manual_bf16"))
     return runners, pairs
 
 
