@@ -272,8 +272,10 @@ def project_runners(
 ) -> dict[str, Runner]:
     """`project` (eager); with --compile, `compiled` (a copy of the model, compiled); with
     --bf16, `bf16` (a copy, eager under bf16 autocast)."""
-    set_attention(model, fused=args.attention == "fused")  # a fit's `auto` on a CPU: explicit
-    opt = f"{'fused AdamW' if args.fused else 'AdamW'}, {_attention(args)} attention"
+    fused = args.attention == "fused"  # a fit's `auto` on a CPU: explicit
+    set_attention(model, fused)
+    attention = "fused" if fused else "explicit"
+    opt = f"{'fused AdamW' if args.fused else 'AdamW'}, {attention} attention"
     runners = {"project": _runner(f"project eager, {opt}", model, loss, args.fused, after)}
     if args.bf16:
         label = f"project eager bf16-mixed, {opt}"
@@ -306,10 +308,6 @@ def official_runners(
     return model
 
 
-def _attention(args: argparse.Namespace) -> str:
-    return "fused" if args.attention == "fused" else "explicit"
-
-
 def _pairs(runners: dict[str, Runner]) -> list[tuple[str, str]]:
     """(A, B) pairs: each project variant against the official model as published; the bf16
     project also against the official model under the same autocast."""
@@ -330,15 +328,6 @@ def official_mae(folder: Path, cfg: Config) -> nn.Module:
         )  # fmt: skip
 
 
-def _manual_attention(model: nn.Module) -> nn.Module:
-    """timm's Attention without F.scaled_dot_product_attention: softmax(q k^T * scale) v, the
-    only path of timm 0.3.2."""
-    for m in model.modules():
-        if hasattr(m, "fused_attn"):
-            m.fused_attn = False
-    return model
-
-
 def mae_runners(folder: Path, cfg: Config, imgs: torch.Tensor, args: argparse.Namespace):
     project = MaskedAutoencoderViT(
         img_size=cfg.size, patch_size=cfg.patch, **VIT_TI, **MAE_DECODER, norm_pix_loss=True,
@@ -350,7 +339,8 @@ def mae_runners(folder: Path, cfg: Config, imgs: torch.Tensor, args: argparse.Na
 
     runners = project_runners(project, lambda m: m(imgs, MAE_RATIO)[0], args)
     official = official_runners(runners, partial(official_mae, folder, cfg), official_loss, args)
-    manual = _manual_attention(copy.deepcopy(official))
+    manual = copy.deepcopy(official)  # timm 0.3.2's only path: softmax(q k^T * scale) v
+    set_attention(manual, fused=False)
     runners["manual"] = _runner("official, manual attn (timm 0.3.2)", manual, official_loss)
     # MAE's own speed-up: the same model (a copy) with the encoder on every token
     runners["all_tokens"] = _runner(

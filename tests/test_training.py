@@ -127,8 +127,8 @@ class _Recorder(_Net):
 
 
 def test_bf16_mixed_runs_the_steps_in_bfloat16_on_fp32_weights(tmp_path):
-    """`trainer.precision: bf16-mixed` on a CPU (BENCHMARKS "bf16 on this CPU"): the step's
-    convolutions run in bfloat16 under autocast, the weights and their update stay fp32."""
+    """`trainer.precision: bf16-mixed` on a CPU (BENCHMARKS "bf16 and attention on a CPU"): the
+    step's convolutions run in bfloat16 under autocast, the weights and their update stay fp32."""
     from uniframework.config import TrainerConfig
     from uniframework.training import make_trainer
 
