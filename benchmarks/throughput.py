@@ -1,12 +1,13 @@
 """Where the training time goes: images/s, FLOPs per image, FLOP/s and MFU for every training
 run of the demo and of the cifar10-mini loop, against this machine's measured matmul peak.
 
-    .venv/bin/python benchmarks/throughput.py [--only demo|cifar10-mini] [--threads N]
+    .venv/bin/python benchmarks/throughput.py [--only demo|demo-novel|cifar10-mini] [--threads N]
         [--peak-size 2048] [--peak-device cpu|cuda] [--peak-dtype fp32|bf16] [key=value ...]
 
-Each loop runs its config (`demo`: configs/demo-novel.yaml, the digits loop on a pool of novel
-images, the demo until 2026-12-01; configs/openworld-cifar10-mini.yaml; the overrides apply to
-every loop) from an empty run folder, benchmarks/out/throughput-<name>/, with a probe on every
+Each loop runs its config (`demo`: configs/demo.yaml, what `uniframework demo` runs, a mixed pool
+and the count estimated; `demo-novel`: configs/demo-novel.yaml, the digits loop on a pool of
+novel images with the count given, which `demo` named until 2026-12-01;
+configs/openworld-cifar10-mini.yaml; the overrides apply to every loop) from an empty run folder, benchmarks/out/throughput-<name>/, with a probe on every
 Lightning fit (supervised, discover and its over-counting run, each incremental task and its
 balanced fine-tune, pretrain):
 - one training step (forward, backward, optimizer; the second step of the fit) runs under
@@ -47,7 +48,11 @@ from uniframework.io import read_json
 from uniframework.pipeline import load_plugins, run
 
 OUT = Path("benchmarks/out")
-LOOPS = {"demo": "configs/demo-novel.yaml", "cifar10-mini": "configs/openworld-cifar10-mini.yaml"}
+LOOPS = {
+    "demo": "configs/demo.yaml",
+    "demo-novel": "configs/demo-novel.yaml",
+    "cifar10-mini": "configs/openworld-cifar10-mini.yaml",
+}
 
 
 def matmul_peak(n: int = 2048, repeats: int = 12, device: str = "cpu", dtype=torch.float32):

@@ -9,7 +9,7 @@ from torch import nn
 
 from uniframework.discover.clustering import best_partition, head_partitions
 from uniframework.discover.openmix import OpenMixModule
-from uniframework.discover.stage import DiscoverOptions
+from uniframework.discover.stage import DiscoverOptions, novel_head_from
 from uniframework.discover.uno import UNOModule
 
 from .test_overcluster import _batch, _model, _step
@@ -65,6 +65,25 @@ def test_count_heads_have_their_counts_and_are_not_part_of_the_saved_model():
     # the optimiser sees them (they are the module's parameters)
     names = {name for name, _ in module.named_parameters()}
     assert {"count_heads.0.weight", "count_heads.2.bias"} <= names
+
+
+def test_the_chosen_count_head_becomes_the_novel_head_with_the_known_rows_kept():
+    torch.manual_seed(3)
+    k = 2
+    module = OpenMixModule(_model(k, 10), DiscoverOptions(), num_known=k)  # over-counting
+    module.add_count_heads(range(2, 6))
+    known_w, known_b = module.model.head.weight[:k].clone(), module.model.head.bias[:k].clone()
+    chosen = module.count_heads[1]  # 3 outputs
+    model = novel_head_from(module.model, k, chosen)
+    assert model.num_classes == k + 3 and model.head.weight.shape == (k + 3, 6)
+    assert torch.equal(model.head.weight[:k], known_w) and torch.equal(model.head.bias[:k], known_b)
+    assert torch.equal(model.head.weight[k:], chosen.weight)
+    assert torch.equal(model.head.bias[k:], chosen.bias)
+    # the model's novel logits are the head's own outputs on the same features
+    x = torch.randn(4, 3, 2, 2)
+    model.eval()
+    f = model.forward_features(x)
+    assert torch.allclose(model(x)[:, k:], chosen(f))
 
 
 def test_the_over_head_and_a_count_head_share_one_swapped_loss():

@@ -27,6 +27,8 @@ whose own partition of the pool has the best silhouette on that model's features
 classes and one with too many must split one, and the shared backbone is pulled by all of them,
 so the estimate no longer follows the length of the first training the way `overclustered`'s
 k-means + silhouette does (BENCHMARKS.md "Counting with one head per candidate count").
+Training then goes on with the chosen head as the novel head (`novel_head_from`): it is a
+trained head of the estimated size, so the `max_epochs` after the count can be few.
 Methods (option `method`): `openmix` (OpenMix), `kmeans`, `sinkhorn` (UNO-style head),
 `sskmeans` (GCD's semi-supervised k-means: labelled images keep their class), `gcd` (GCD:
 contrastive fine-tuning on labelled + pool images first (`gcd.py`), then the class count and
@@ -186,6 +188,7 @@ class DiscoverStage:
             if heads:  # the count heads' own partitions of the pool
                 partitions = head_partitions(pool["features"], probe.count_heads)
                 n, scores = best_partition(pool["features"], partitions, **tol)
+                chosen = next(h for h in probe.count_heads if h.out_features == n)
             elif opts.estimator == "gcd":
                 n, scores = estimate_num_classes(*args, opts.max_novel, seed, **tol)
             elif opts.estimator == "dtc":
@@ -213,6 +216,8 @@ class DiscoverStage:
                 centre_head(model, torch.from_numpy(centres).float())
             else:
                 model = novel_head(supervised, k, n, torch.from_numpy(centres[k:]).float())
+        elif heads:  # the chosen count head is a novel head of that size, already trained
+            model = novel_head_from(model, k, chosen)
         else:  # (overclustered: from the over-counting model, on its features)
             km = kmeans(pool["features"], n, seed=ctx.cfg.seed)
             model = novel_head(model, k, n, torch.from_numpy(km.cluster_centers_).float())
@@ -323,6 +328,18 @@ def novel_head(model: Classifier, k: int, n: int, centroids: torch.Tensor) -> Cl
         w, b = model.head.weight[:k], model.head.bias[:k]
         model.head.weight[k:] = F.normalize(centroids, dim=1) * w.norm(dim=1).mean()
         model.head.bias[k:] = b.mean()
+    return model
+
+
+def novel_head_from(model: Classifier, k: int, head: torch.nn.Linear) -> Classifier:
+    """`model` (in place) with its k known outputs and, as its n novel outputs, the rows and
+    biases of a trained count `head` (n outputs): that head was trained beside the known
+    logits ([known | head] logits, `DiscoverModule.swapped_head_loss`), so its scale already
+    fits theirs."""
+    grow_head(shrink_head(model, k), head.out_features)
+    with torch.no_grad():
+        model.head.weight[k:] = head.weight
+        model.head.bias[k:] = head.bias
     return model
 
 
