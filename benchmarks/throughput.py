@@ -7,9 +7,10 @@ run of the demo and of the cifar10-mini loop, against this machine's measured ma
 Each loop runs its config (`demo`: configs/demo.yaml, what `uniframework demo` runs, a mixed pool
 and the count estimated; `demo-novel`: configs/demo-novel.yaml, the digits loop on a pool of
 novel images with the count given, which `demo` named until 2026-12-01;
-configs/openworld-cifar10-mini.yaml; the overrides apply to every loop) from an empty run folder, benchmarks/out/throughput-<name>/, with a probe on every
-Lightning fit (supervised, discover and its over-counting run, each incremental task and its
-balanced fine-tune, pretrain):
+configs/openworld-cifar10-mini.yaml; the overrides apply to every loop) from an empty run
+folder, benchmarks/out/throughput-<name>/, with a probe on every Lightning fit (supervised,
+discover and its over-counting run, each incremental task and its balanced fine-tune,
+pretrain):
 - one training step (forward, backward, optimizer; the second step of the fit) runs under
   `torch.utils.flop_counter.FlopCounterMode`: training FLOPs per step and per image (images =
   every loader's batch, e.g. a labelled and a pool batch for OpenMix);
