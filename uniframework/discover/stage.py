@@ -188,7 +188,6 @@ class DiscoverStage:
             if heads:  # the count heads' own partitions of the pool
                 partitions = head_partitions(pool["features"], probe.count_heads)
                 n, scores = best_partition(pool["features"], partitions, **tol)
-                chosen = next(h for h in probe.count_heads if h.out_features == n)
             elif opts.estimator == "gcd":
                 n, scores = estimate_num_classes(*args, opts.max_novel, seed, **tol)
             elif opts.estimator == "dtc":
@@ -217,6 +216,7 @@ class DiscoverStage:
             else:
                 model = novel_head(supervised, k, n, torch.from_numpy(centres[k:]).float())
         elif heads:  # the chosen count head is a novel head of that size, already trained
+            chosen = next(h for h in probe.count_heads if h.out_features == n)
             model = novel_head_from(model, k, chosen)
         else:  # (overclustered: from the over-counting model, on its features)
             km = kmeans(pool["features"], n, seed=ctx.cfg.seed)
