@@ -7,7 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from uniframework.discover.clustering import best_partition, head_partitions
+from uniframework.discover.clustering import (
+    best_partition,
+    count_by_consensus,
+    head_partitions,
+    kmeans,
+    refine_partition,
+    spectral_gaps,
+)
 from uniframework.discover.openmix import OpenMixModule
 from uniframework.discover.stage import DiscoverOptions, novel_head_from
 from uniframework.discover.uno import UNOModule
@@ -38,6 +45,52 @@ def test_best_partition_prefers_the_true_one_over_a_merge_and_a_split():
     # one cluster has no silhouette: it scores -1, never the best
     n, scores = best_partition(x, {1: np.zeros(len(x), int), 4: truth})
     assert n == 4 and scores[1] == -1.0
+
+
+def test_refine_partition_moves_a_corrupted_partition_back_to_the_blobs():
+    x, truth = _blobs(4, 30)
+    noisy = truth.copy()
+    noisy[::3] = (truth[::3] + 1) % 4  # a third of the points in the wrong cluster
+    refined = refine_partition(x, noisy)
+    assert (refined == truth).all()  # started from the clusters' means: same cluster ids
+
+
+@pytest.mark.parametrize("groups", [3, 5])
+def test_the_largest_spectral_gap_is_at_the_number_of_separated_groups(groups):
+    x, _ = _blobs(groups, 25)
+    gaps = spectral_gaps(x, range(2, 8), neighbours=10)
+    assert max(gaps, key=gaps.get) == groups, gaps
+    # disconnected groups: the first `groups` eigenvalues are all 0, so no gap before it
+    assert gaps[groups] > 0.1 and all(abs(v) < 1e-6 for c, v in gaps.items() if c < groups)
+
+
+def _close_pair(seed: int = 0):
+    """Four blobs: e0, e1, e2 and e2 + 0.3 e3 (close to the third, but apart from it)."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(8)[:4].copy()
+    centres[3] = centres[2] + 0.3 * np.eye(8)[3]
+    labels = np.repeat(np.arange(4), 40)
+    x = centres[labels] + 0.03 * rng.standard_normal((len(labels), 8))
+    return torch.from_numpy(x).float(), labels
+
+
+def test_count_by_consensus_keeps_a_close_pair_apart_where_the_silhouette_merges_it():
+    x, _ = _close_pair()
+    parts = {c: kmeans(x, c).labels_ for c in range(2, 7)}
+    n, silhouettes, gaps = count_by_consensus(x, parts)
+    assert max(silhouettes, key=silhouettes.get) == 3  # the silhouette alone merges the pair
+    assert max(gaps, key=gaps.get) == 4
+    assert n == 4
+    assert set(silhouettes) == set(gaps) == set(parts)
+
+
+def test_count_by_consensus_prefers_the_true_partition_over_a_merge_and_a_split():
+    x, truth = _blobs(4, 30)
+    merged = np.where(truth == 3, 2, truth)
+    split = truth.copy()
+    split[::2][truth[::2] == 0] = 4
+    n, silhouettes, _ = count_by_consensus(x, {3: merged, 4: truth, 5: split})
+    assert n == 4 and silhouettes[4] > 0.8
 
 
 def test_head_partitions_assign_each_point_to_the_row_of_largest_cosine():

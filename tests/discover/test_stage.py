@@ -141,10 +141,17 @@ def test_the_count_heads_estimate_picks_a_head_and_goes_on_with_its_count(tmp_pa
     model, meta = RunContext(cfg, tmp_path).load_classifier("discover")
     assert model.num_classes == 5 + n and meta["num_novel"] == n
     assert not any("count_heads" in key for key in model.state_dict())  # dropped after counting
-    # every head 2..6 was scored, and the count is the best-scoring one
-    line = next(m for m in caplog.messages if "count heads' silhouette" in m)
-    scores = ast.literal_eval(line.split("scores ")[1].rstrip(")"))  # {count: silhouette}
-    assert sorted(scores) == [2, 3, 4, 5, 6] and scores[n] == max(scores.values())
+    # every head 2..6 was scored twice, and the count has the best sum of the two ranks
+    line = next(m for m in caplog.messages if "count heads' refined silhouette" in m)
+    scores, gaps = line.split("scores ")[1].rstrip(")").split(", spectral gaps ")
+    scores, gaps = ast.literal_eval(scores), ast.literal_eval(gaps)  # {count: value}
+    assert sorted(scores) == sorted(gaps) == [2, 3, 4, 5, 6]
+
+    def rank(values, c):
+        return sorted(values, key=lambda i: -values[i]).index(c)
+
+    total = {c: rank(scores, c) + rank(gaps, c) for c in scores}
+    assert total[n] == min(total.values())
     assert (tmp_path / "discover/count.png").stat().st_size > 0  # the scores, drawn
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.linalg import eigvalsh
 from scipy.optimize import minimize_scalar
+from scipy.sparse.csgraph import laplacian
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
+from sklearn.neighbors import kneighbors_graph
 
 from .metrics import cluster_acc
 
@@ -218,3 +221,59 @@ def head_partitions(features: torch.Tensor, heads) -> dict[int, np.ndarray]:
         h.weight.shape[0]: (f @ F.normalize(h.weight.detach().float(), dim=1).T).argmax(1).numpy()
         for h in heads
     }
+
+
+def refine_partition(features: torch.Tensor | np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """k-means (on normalised features [P, D]) started from the means of a partition's clusters
+    ([P] labels 0..c-1; an empty cluster starts at a point of its own) -> [P] refined labels.
+    A Sinkhorn head's partition is balanced by force and the head lags the features it is read
+    on; Lloyd's iterations move it to the nearest partition the features themselves support."""
+    x = normalise(torch.as_tensor(features))
+    c = int(labels.max()) + 1
+    centres = np.stack([x[labels == j].mean(0) if (labels == j).any() else x[j] for j in range(c)])
+    return KMeans(n_clusters=c, init=centres, n_init=1).fit(x).labels_
+
+
+def spectral_gaps(
+    features: torch.Tensor | np.ndarray, counts, neighbours: int | None = None
+) -> dict[int, float]:
+    """The eigengap heuristic (von Luxburg 2007, "A tutorial on spectral clustering", Sec. 8.3):
+    on a symmetric k-nearest-neighbour graph of the features [P, D] (cosine; `neighbours`
+    default max(10, P / 25)), the normalised Laplacian has as many near-zero eigenvalues as
+    the graph has well-separated groups; {c: lambda_c+1 - lambda_c} for each count c in
+    `counts` (eigenvalues ascending, lambda_1 = 0): large where c groups end and the next
+    eigenvalue jumps."""
+    x = normalise(torch.as_tensor(features))
+    k = neighbours or max(10, len(x) // 25)
+    a = kneighbors_graph(x, min(k, len(x) - 1), metric="cosine")
+    graph = 0.5 * (a + a.T)
+    top = max(counts) + 1
+    ev = eigvalsh(laplacian(graph, normed=True).toarray(), subset_by_index=[0, top - 1])
+    return {c: float(ev[c] - ev[c - 1]) for c in counts}
+
+
+def count_by_consensus(
+    features: torch.Tensor, partitions: dict[int, np.ndarray], seed: int = 0, max_points: int = 2000
+) -> tuple[int, dict[int, float], dict[int, float]]:
+    """The number of classes from candidate partitions {c: [P] labels} of the same features
+    [P, D] (the count heads'), by two criteria that fail in opposite ways: each partition,
+    refined by k-means (`refine_partition`), scored by its silhouette (cosine) — which merges
+    two close classes — and the spectral gap at c (`spectral_gaps`) — which splits a class
+    with two modes. The count is the best sum of the two ranks (ties: the better silhouette).
+    At most `max_points` images (a seeded subsample) take part. Returns the count, the
+    silhouettes and the gaps."""
+    keep = np.random.default_rng(seed).permutation(len(features))[:max_points]
+    x = normalise(torch.as_tensor(features)[keep])
+    silhouettes = {}
+    for c, labels in partitions.items():
+        refined = refine_partition(x, labels[keep]) if c > 1 else labels[keep]
+        silhouettes[c] = (
+            float(silhouette_score(x, refined, metric="cosine"))
+            if 1 < len(np.unique(refined)) < len(x)
+            else -1.0
+        )
+    gaps = spectral_gaps(x, [c for c in partitions if c < len(x)])
+    by_sil = sorted(partitions, key=lambda c: -silhouettes[c])
+    by_gap = sorted(gaps, key=lambda c: -gaps[c])
+    rank = {c: (by_sil.index(c) + by_gap.index(c), by_sil.index(c)) for c in gaps}
+    return min(rank, key=rank.get), silhouettes, gaps

@@ -53,19 +53,39 @@ def embedding_figure(
     save_figure(fig, path)
 
 
-def count_figure(scores: dict[int, float], chosen: int, truth: int | None, path: Path) -> None:
+def count_figure(
+    scores: dict[int, float],
+    chosen: int,
+    truth: int | None,
+    path: Path,
+    extra: dict[str, dict[int, float]] | None = None,
+) -> None:
     """The class-count estimate at a glance: each candidate count's score (e.g. the count
-    heads' silhouette), the chosen count marked, and the truth where the run knows it."""
+    heads' silhouette), the chosen count marked, and the truth where the run knows it; `extra`
+    curves ({name: {count: value}}, e.g. the spectral gaps) on a second axis."""
     counts = sorted(scores)
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    ax.plot(counts, [scores[c] for c in counts], "o-", c="tab:blue")
-    best = scores[chosen]
-    ax.plot([chosen], [best], "o", ms=12, mfc="none", c="tab:red", label=f"chosen {chosen}")
+    lines = ax.plot(
+        counts,
+        [scores[c] for c in counts],
+        "o-",
+        c="tab:blue",
+        label="silhouette" if extra else "score",
+    )
+    lines += ax.plot(
+        [chosen], [scores[chosen]], "o", ms=12, mfc="none", c="tab:red", label=f"chosen {chosen}"
+    )
     if truth is not None:
-        ax.axvline(truth, ls="--", c="0.5", label=f"truth {truth}")
+        lines.append(ax.axvline(truth, ls="--", c="0.5", label=f"truth {truth}"))
+    if extra:
+        twin = ax.twinx()
+        for (name, values), colour in zip(extra.items(), ("tab:green", "tab:purple")):
+            c = sorted(values)
+            lines += twin.plot(c, [values[i] for i in c], "s:", c=colour, label=name)
+        twin.set_ylabel(", ".join(extra))
     ax.set_xticks(counts)
     ax.set_xlabel("candidate number of novel classes")
-    ax.set_ylabel("score")
+    ax.set_ylabel("silhouette" if extra else "score")
     ax.set_title("how many novel classes?")
-    ax.legend()
+    ax.legend(handles=lines, fontsize=8)
     save_figure(fig, path)

@@ -59,7 +59,7 @@ class DiscoverModule(L.LightningModule):
         head); dropped after training like the over-clustering head. Each head is forced to
         share the pool out equally among its c clusters, so only a head with the right c can
         follow the classes without splitting or merging one: the stage compares the heads'
-        partitions (`clustering.head_partitions`, `clustering.best_partition`)."""
+        partitions (`clustering.head_partitions`, `clustering.count_by_consensus`)."""
         self.count_heads = nn.ModuleList(self._extra_head(c) for c in counts)
 
     def _extra_head(self, rows: int) -> nn.Linear:
