@@ -84,6 +84,17 @@ def test_count_by_consensus_keeps_a_close_pair_apart_where_the_silhouette_merges
     assert set(silhouettes) == set(gaps) == set(parts)
 
 
+def test_count_by_consensus_reads_only_the_counts_a_small_pool_can_hold():
+    x, truth = _blobs(3, 2)  # 6 images: counts 2..5 can be scored, 6 and more cannot
+    parts = {c: np.arange(6) % c for c in range(2, 11)}
+    parts[3] = truth
+    n, silhouettes, gaps = count_by_consensus(x, parts)
+    assert set(silhouettes) == set(gaps) == {2, 3, 4, 5} and n in silhouettes
+    assert max(silhouettes, key=silhouettes.get) == 3
+    with pytest.raises(ValueError, match="no candidate count"):
+        count_by_consensus(x[:2], {2: np.array([0, 1])})
+
+
 def test_count_by_consensus_prefers_the_true_partition_over_a_merge_and_a_split():
     x, truth = _blobs(4, 30)
     merged = np.where(truth == 3, 2, truth)

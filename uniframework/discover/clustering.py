@@ -223,13 +223,16 @@ def head_partitions(features: torch.Tensor, heads) -> dict[int, np.ndarray]:
     }
 
 
-def refine_partition(features: torch.Tensor | np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """k-means (on normalised features [P, D]) started from the means of a partition's clusters
-    ([P] labels 0..c-1; an empty cluster starts at a point of its own) -> [P] refined labels.
-    A Sinkhorn head's partition is balanced by force and the head lags the features it is read
-    on; Lloyd's iterations move it to the nearest partition the features themselves support."""
+def refine_partition(
+    features: torch.Tensor | np.ndarray, labels: np.ndarray, count: int | None = None
+) -> np.ndarray:
+    """k-means (on normalised features [P, D], P > count) started from the means of a
+    partition's clusters ([P] labels 0..count-1, default count = the largest label + 1; an empty
+    cluster starts at a point of its own) -> [P] refined labels. A Sinkhorn head's partition is
+    balanced by force and the head lags the features it is read on; Lloyd's iterations move it
+    to the nearest partition the features themselves support."""
     x = normalise(torch.as_tensor(features))
-    c = int(labels.max()) + 1
+    c = count or int(labels.max()) + 1
     centres = np.stack([x[labels == j].mean(0) if (labels == j).any() else x[j] for j in range(c)])
     return KMeans(n_clusters=c, init=centres, n_init=1).fit(x).labels_
 
@@ -260,20 +263,23 @@ def count_by_consensus(
     refined by k-means (`refine_partition`), scored by its silhouette (cosine) — which merges
     two close classes — and the spectral gap at c (`spectral_gaps`) — which splits a class
     with two modes. The count is the best sum of the two ranks (ties: the better silhouette).
-    At most `max_points` images (a seeded subsample) take part. Returns the count, the
-    silhouettes and the gaps."""
+    At most `max_points` images (a seeded subsample) take part, and only the counts 2..P-1 of
+    the P images that do. Returns the count, the silhouettes and the gaps."""
     keep = np.random.default_rng(seed).permutation(len(features))[:max_points]
     x = normalise(torch.as_tensor(features)[keep])
+    counts = sorted(c for c in partitions if 1 < c < len(x))
+    if not counts:
+        raise ValueError(f"no candidate count in {sorted(partitions)} fits {len(x)} images")
     silhouettes = {}
-    for c, labels in partitions.items():
-        refined = refine_partition(x, labels[keep]) if c > 1 else labels[keep]
+    for c in counts:
+        refined = refine_partition(x, partitions[c][keep], c)
         silhouettes[c] = (
             float(silhouette_score(x, refined, metric="cosine"))
             if 1 < len(np.unique(refined)) < len(x)
             else -1.0
         )
-    gaps = spectral_gaps(x, [c for c in partitions if c < len(x)])
-    by_sil = sorted(partitions, key=lambda c: -silhouettes[c])
-    by_gap = sorted(gaps, key=lambda c: -gaps[c])
-    rank = {c: (by_sil.index(c) + by_gap.index(c), by_sil.index(c)) for c in gaps}
+    gaps = spectral_gaps(x, counts)
+    by_sil = sorted(counts, key=lambda c: -silhouettes[c])
+    by_gap = sorted(counts, key=lambda c: -gaps[c])
+    rank = {c: (by_sil.index(c) + by_gap.index(c), by_sil.index(c)) for c in counts}
     return min(rank, key=rank.get), silhouettes, gaps
