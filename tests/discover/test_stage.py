@@ -168,3 +168,12 @@ def test_the_count_heads_need_two_counts_to_compare(tmp_path):
     cfg.stages[2]["discover"].update(num_novel="auto", estimate_on="heads", max_novel=1)
     with pytest.raises(UserError, match="set max_novel to 2 or more"):
         run(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("estimate_on", ["overclustered", "heads"])
+def test_a_pool_smaller_than_max_novel_is_refused_before_training(tmp_path, estimate_on):
+    cfg = _config("openmix")
+    cfg.stages[2]["discover"].update(num_novel="auto", estimate_on=estimate_on, max_novel=5000)
+    with pytest.raises(UserError, match="lower max_novel"):
+        run(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints/discover_estimate").exists()  # nothing trained

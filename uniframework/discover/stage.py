@@ -169,6 +169,12 @@ class DiscoverStage:
                     "stages.discover.estimate_on = heads compares counts from 2 to max_novel: "
                     f"set max_novel to 2 or more (it is {opts.max_novel})"
                 )
+            if len(pool["index"]) <= opts.max_novel:
+                raise UserError(
+                    f"stages.discover.estimate_on = {opts.estimate_on} first splits the pool into "
+                    f"max_novel = {opts.max_novel} clusters, but the pool holds only "
+                    f"{len(pool['index'])} images: lower max_novel, or use pool: all / novel"
+                )
             km = kmeans(pool["features"], opts.max_novel, seed=ctx.cfg.seed)
             centres = torch.from_numpy(km.cluster_centers_).float()
             model = novel_head(supervised, k, opts.max_novel, centres)
