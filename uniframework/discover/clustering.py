@@ -270,14 +270,8 @@ def count_by_consensus(
     counts = sorted(c for c in partitions if 1 < c < len(x))
     if not counts:
         raise ValueError(f"no candidate count in {sorted(partitions)} fits {len(x)} images")
-    silhouettes = {}
-    for c in counts:
-        refined = refine_partition(x, partitions[c][keep], c)
-        silhouettes[c] = (
-            float(silhouette_score(x, refined, metric="cosine"))
-            if 1 < len(np.unique(refined)) < len(x)
-            else -1.0
-        )
+    refined = {c: refine_partition(x, partitions[c][keep], c) for c in counts}
+    _, silhouettes = best_partition(torch.from_numpy(x), refined)
     gaps = spectral_gaps(x, counts)
     by_sil = sorted(counts, key=lambda c: -silhouettes[c])
     by_gap = sorted(counts, key=lambda c: -gaps[c])
