@@ -89,13 +89,13 @@ def test_a_person_names_merges_rejects_and_incremental_learns_it(
             cards = page.locator("section.cluster")
             assert cards.count() == 5
             for j in range(5):  # its name, its size and its images, decoded
-                card = page.locator(f"#novel-{j}")
+                card = page.locator(f"#new-{j + 1}")
                 assert re.search(r"\(\d+ images\)", card.locator("h2").inner_text())
                 sizes = card.locator("img").evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
                 assert sizes and all(w >= 64 for w in sizes), sizes
 
             def name(j: int, text: str) -> None:
-                page.locator(f"#novel-{j} input.name").fill(text)
+                page.locator(f"#new-{j + 1} input.name").fill(text)
 
             def save() -> str:
                 page.click("#save")
@@ -107,25 +107,25 @@ def test_a_person_names_merges_rejects_and_incremental_learns_it(
             for j, text in enumerate(["alpha", "beta", "gamma", "delta", "epsilon"]):
                 name(j, text)
             name(2, "")
-            assert "novel-2: the name is empty" in save()
+            assert "new-3: the name is empty" in save()
             name(2, known[1])
             assert f"'{known[1]}' is a known class" in save()
             name(2, "Alpha")
-            assert "'Alpha' is already the name of novel-0" in save()
+            assert "'Alpha' is already the name of new-1" in save()
             assert page.locator("#message").get_attribute("class") == "error"
             assert not labels_file.exists()
-            # names, novel-1 merged into novel-0, novel-3 rejected as noise
+            # names, new-2 merged into new-1, new-4 rejected as noise
             name(2, "gamma")
-            page.locator("#novel-1 select.merge").select_option(label="novel-0")
-            assert page.locator("#novel-1 input.name").is_disabled()
-            page.locator("#novel-3 input.reject").check()
+            page.locator("#new-2 select.merge").select_option(label="new-1")
+            assert page.locator("#new-2 input.name").is_disabled()
+            page.locator("#new-4 input.reject").check()
             text = save()
             assert "Saved" in text and "--restart-from incremental" in text, text
             # a reload shows what was saved
             page.reload()
-            assert page.locator("#novel-0 input.name").input_value() == "alpha"
-            assert page.locator("#novel-1 select.merge").input_value() == str(k)
-            assert page.locator("#novel-3 input.reject").is_checked()
+            assert page.locator("#new-1 input.name").input_value() == "alpha"
+            assert page.locator("#new-2 select.merge").input_value() == str(k)
+            assert page.locator("#new-4 input.reject").is_checked()
             browser.close()
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C
@@ -162,8 +162,8 @@ def test_a_person_names_merges_rejects_and_incremental_learns_it(
     found = {r["discovered_class"] for r in rows} - {None}
     assert found and found <= set(names), found
     page = write_report(run_copy).read_text()
-    assert "Named on the label page (labels.json): 3 classes: alpha (novel-0 + novel-1)" in page
-    assert "Rejected as noise: novel-3." in page and "learned these classes" in page
+    assert "Named on the label page (labels.json): 3 classes: alpha (new-1 + new-2)" in page
+    assert "Rejected as noise: new-4." in page and "learned these classes" in page
 
 
 def _predict_pool_images(run_dir: Path, index: list[int], tmp_path: Path) -> list[dict]:

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import UserError, did_you_mean
 
@@ -61,12 +68,39 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     backbone: str = "resnet18"  # a registered name (`uniframework list`) or any timm model name
-    small_input: bool = True  # ResNet: 3x3 stem, no max-pool, for 32 px images
+    # ResNet: 3x3 stem, no max-pool, for 32 px images; off when the backbone starts from
+    # ImageNet weights (`starts_pretrained`), whose 7x7 stem it would throw away
+    small_input: bool = True
     patch_size: int | None = Field(None, ge=1)  # ViT: default = image_size // 8
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    weights: str | None = None  # a .safetensors file of backbone weights to start from
+    # start from timm's ImageNet weights for the backbone (downloaded by the first stage that
+    # builds it; offline, give them as `weights`); images are normalised with their mean / std
+    pretrained: bool = False
+    # a file of backbone weights to start from: this project's .safetensors (a stage's output),
+    # or a timm / torchvision state dict (.pth / .pt / .bin: ImageNet weights, as `pretrained`)
+    weights: str | None = None
     timm_kwargs: dict[str, Any] = Field(default_factory=dict)  # passed to timm.create_model
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_format(cls, value: str | None) -> str | None:
+        # this project's safetensors, or a torch state dict from timm / torchvision
+        suffixes = (".safetensors", ".pth", ".pt", ".bin")
+        if value is not None and not value.lower().endswith(suffixes):
+            raise ValueError(
+                "give a .safetensors file, or a torch state dict from timm / torchvision "
+                "(.pth / .pt / .bin)"
+            )
+        return value
+
+    @property
+    def starts_pretrained(self) -> bool:
+        """Whether the backbone starts from weights trained elsewhere (ImageNet): timm's
+        (`pretrained`) or a torch state dict file. Such a start keeps timm's stem (no
+        `small_input`) and normalises images with the weights' mean / std."""
+        foreign = self.weights is not None and not self.weights.lower().endswith(".safetensors")
+        return self.pretrained or foreign
 
 
 class TrainerConfig(Section):

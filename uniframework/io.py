@@ -2,13 +2,15 @@
 
 Every write goes to a temporary file in the same folder, is flushed to disk, then renamed over
 the target (`os.replace` is atomic on POSIX), so a run killed mid-write leaves the old file.
-Weights are safetensors; Lightning checkpoints are read with `torch.load(weights_only=True)`.
+Weights are safetensors; Lightning checkpoints and timm / torchvision state dicts are read with
+`torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
@@ -76,16 +78,12 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         raise UserError(f"weights file '{path}' does not exist: check the path")
     try:
         state = load_file(str(path))
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise UserError(
             f"weights file '{path}' is not a readable safetensors file ({err}); "
             "rerun the stage that wrote it"
         ) from None
-    return state, json.loads(header.get("uniframework", "{}"))
+    return state, read_meta(path)
 
 
 def load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -104,6 +102,77 @@ def load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor], sourc
             "model.backbone / data settings."
         )
     module.load_state_dict({k: state[k] for k in own}, strict=True)
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a safetensors weights file, without reading its tensors ({} if none)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(
+            f"weights file '{path}' is not a readable safetensors file ({err})"
+        ) from None
+    return json.loads(header.get("uniframework", "{}"))
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A timm / torchvision state dict (`.pth`, `.pt`, `.bin`) read with
+    `torch.load(weights_only=True)`, which refuses to unpickle code. Training wrappers are
+    unwrapped (`{'state_dict': ...}`, `{'model': ...}`) and DDP's `module.` prefixes dropped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file '{path}' does not exist: check the path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[-1][:200]
+        raise UserError(
+            f"weights file '{path}' holds pickled Python objects besides tensors ({first}); "
+            "it is not read, since unpickling runs code from the file. Where you trust it, save "
+            "its tensors alone: torch.save(model.state_dict(), 'weights.pth')"
+        ) from None
+    except (OSError, RuntimeError, EOFError, ValueError) as err:
+        raise UserError(
+            f"weights file '{path}' is not a readable torch state dict ({type(err).__name__}: "
+            f"{err}); give a file written by torch.save(model.state_dict(), ...)"
+        ) from None
+    for key in ("state_dict", "model"):  # training checkpoints (timm, Lightning, DeiT, ...)
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    state = {k: v for k, v in obj.items() if torch.is_tensor(v)} if isinstance(obj, dict) else {}
+    if not state:
+        raise UserError(
+            f"weights file '{path}' holds no tensors by name (a state dict was expected); "
+            "give a file written by torch.save(model.state_dict(), ...)"
+        )
+    while all(k.startswith("module.") for k in state):  # DistributedDataParallel
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def load_fitting(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, min_share: float = 0.5
+) -> list[str]:
+    """Load the tensors of `state` whose name and shape fit `module`; the rest (a classifier
+    head, a replaced stem) is dropped. Refuses (UserError) when fewer than `min_share` of
+    `module`'s tensors fit; returns the names of those left at their initial values."""
+    own = module.state_dict()
+    fit = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(fit) < min_share * len(own):
+        bad = [k for k in own if k in state and k not in fit][:3]
+        absent = [k for k in own if k not in state][:3]
+        detail = "; ".join(
+            [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in bad]
+            + [f"not in the file: {absent}, its names start {list(state)[:3]}"] * bool(absent)
+        )
+        raise UserError(
+            f"weights file '{source}' fits only {len(fit)} of the {len(own)} tensors of this "
+            f"backbone ({detail}). It holds weights of another architecture: set "
+            "model.backbone to the model it was trained for, or give another file."
+        )
+    module.load_state_dict(fit, strict=False)
+    return [k for k in own if k not in fit]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

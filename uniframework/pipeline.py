@@ -8,6 +8,8 @@ Run directory (`runs/<name>/` unless given): `config.yaml` (resolved), `metrics.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib
 import logging
 import shutil
@@ -20,7 +22,7 @@ import torch
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
-from .config import Config, save_config
+from .config import Config, ModelConfig, save_config
 from .data import OpenWorldData
 from .errors import UserError, did_you_mean
 from .io import (
@@ -32,6 +34,7 @@ from .io import (
     write_json,
 )
 from .models import Classifier, build_classifier
+from .models.backbones import pretrained_stats
 from .registry import STAGES
 from .rundir import check_reuse, clear_run_dir, config_hash, read_saved_config
 from .tracking import MlflowRun, mlflow_run
@@ -64,10 +67,30 @@ class RunContext:
 
     @cached_property
     def data(self) -> OpenWorldData:
-        return OpenWorldData.build(self.cfg.data, self.cfg.seed)
+        data = OpenWorldData.build(self.cfg.data, self.cfg.seed)
+        stats = pretrained_stats(self.cfg.model)
+        if stats is None:
+            return data
+        # weights trained elsewhere expect their own normalisation, not the dataset's; every
+        # view, `predict` and `export` read mean / std from these two sets
+        log.info("images normalised as the pretrained weights expect: mean %s, std %s", *stats)
+        train, test = copy.copy(data.train), copy.copy(data.test)
+        for base in (train, test):
+            base.mean, base.std = stats
+        return dataclasses.replace(data, train=train, test=test)
 
     def weights_path(self, stage: str) -> Path:
         return self.run_dir / "checkpoints" / f"{stage}.safetensors"
+
+    def model_start(self, key: str) -> tuple[ModelConfig, bool]:
+        """The model config the fit `key` (`checkpoints/<key>/`) builds from, and whether the
+        build loads its start weights (`model.weights`, or timm's hub for `model.pretrained`).
+        Without such weights, a fit after `pretrain` starts from its encoder. A fit cut off
+        earlier resumes from its `last.ckpt`, which holds every weight, so it loads none."""
+        model, handoff = self.cfg.model, self.weights_path("pretrain")
+        if model.weights is None and not model.pretrained and handoff.is_file():
+            model = model.model_copy(update={"weights": str(handoff)})
+        return model, not (self.run_dir / "checkpoints" / key / "last.ckpt").is_file()
 
     def save_model(self, stage: str, model: torch.nn.Module, **extra) -> Path:
         """Safetensors weights of a stage's model, with what is needed to rebuild it."""
@@ -88,7 +111,8 @@ class RunContext:
         (UserError on a mismatch); returns it with the file's metadata."""
         path = self.weights_path(stage)
         state, meta = load_weights(path)
-        model = build_classifier(self.cfg.model, self.cfg.data.image_size, meta["num_classes"])
+        size, n = self.cfg.data.image_size, meta["num_classes"]
+        model = build_classifier(self.cfg.model, size, n, start=False)  # no hub, no start file
         load_matching(model, state, str(path))
         return model, meta
 

@@ -33,11 +33,10 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from .classnames import class_names
 from .data import make_transform
-from .data.datasets import IMAGE_EXTENSIONS, read_image
+from .data.images import IMAGE_EXTENSIONS, UNREADABLE, read_image, working_short_side
 from .discover.labels import REJECTED_NAME
 from .errors import UserError
 from .report import final_stage, open_run
@@ -55,7 +54,6 @@ COLUMNS = [
     "scores",
     "error",
 ]
-UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)  # OSError: PIL's Unidentified*
 
 
 def image_paths(inputs: Sequence[str | Path]) -> list[tuple[Path, str | None]]:
@@ -84,7 +82,8 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path]) -> list[dict]:
     if Path(run_dir).suffix.lower() == ".onnx":
         from .export import OnnxClassifier
 
-        classify = OnnxClassifier(run_dir).classify
+        onnx = OnnxClassifier(run_dir)
+        classify, image_size = onnx.classify, onnx.meta["preprocess"]["image_size"]
     else:
         ctx, _ = open_run(run_dir)
         if "detect" in (name for name, _ in ctx.cfg.stage_list()):
@@ -95,14 +94,15 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path]) -> list[dict]:
                 f"({ctx.weights_path('supervised')}): predict needs a run with a finished "
                 "`supervised` stage"
             )
-        classify = partial(_classify, ctx)
+        classify, image_size = partial(_classify, ctx), ctx.cfg.data.image_size
     rows: list[dict] = [{"path": str(p), "error": e} for p, e in paths if e]
     images, ok = [], []
     for p, err in paths:
         if err:
             continue
         try:
-            images.append(read_image(p))
+            # the working copy a training scan keeps: training and prediction see the same pixels
+            images.append(read_image(p, working_short_side(image_size)))
             ok.append(p)
         except UNREADABLE as e:
             rows.append({"path": str(p), "error": f"cannot read image ({type(e).__name__}: {e})"})

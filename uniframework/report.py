@@ -33,7 +33,7 @@ from .discover.labels import (
     sha256_of,
 )
 from .errors import UserError
-from .io import atomic_write_text, load_weights, read_json
+from .io import atomic_write_text, load_weights, read_json, read_meta
 from .pipeline import RunContext
 
 log = logging.getLogger(__name__)
@@ -156,14 +156,13 @@ def cluster_figure(
     ctx: RunContext, discovered: dict, path: Path, names: list[str] | None = None
 ) -> None:
     """One row per discovered class: its name (`names`, else discover's) and size, then up to
-    `SAMPLES_PER_CLUSTER` of its pool images (first in index order), each captioned with its
-    true class."""
+    `SAMPLES_PER_CLUSTER` of its pool images (first in index order): what a person needs to
+    name it (no true class: a person's own pool has none)."""
     from .plotting import plt, save_figure
 
     data, k, n = ctx.data, int(discovered["num_known"]), int(discovered["num_novel"])
     index, label = np.asarray(discovered["index"]), np.asarray(discovered["label"])
     names = names or cluster_names(discovered, None)
-    true_names = data.class_names
     fig, axes = plt.subplots(
         n, SAMPLES_PER_CLUSTER, figsize=(1.0 * SAMPLES_PER_CLUSTER + 1.6, 1.15 * n), squeeze=False
     )
@@ -177,12 +176,10 @@ def cluster_figure(
             if col < len(members):
                 i = int(members[col])
                 ax.imshow(data.train.load(i).permute(1, 2, 0).numpy(), interpolation="nearest")
-                truth = int(data.split.remap(data.train.targets[[i]])[0])
-                ax.set_xlabel(true_names[truth], fontsize=6, labelpad=1)
         axes[j][0].set_ylabel(
             f"{names[j]}\n{len(members)} images", rotation=0, ha="right", va="center", fontsize=8
         )
-    fig.suptitle("discovered classes: sample pool images (caption: true class)", fontsize=9)
+    fig.suptitle("discovered classes: sample pool images", fontsize=9)
     save_figure(fig, path)
 
 
@@ -262,11 +259,19 @@ def _what_ran(ctx: RunContext, state: dict) -> str:
     return (
         "<h2>What ran</h2><h3>Stages</h3>"
         + _table(["stage", "seconds", "status"], rows)
+        + _start_line(ctx)
         + '<h3>Resolved config (config.yaml)</h3><pre class="config">'
         + html.escape(config)
         + "</pre><h2>Metrics</h2>"
         + (_metrics_tables(metrics, names) or "<p class='missing'>No metrics yet.</p>")
     )
+
+
+def _start_line(ctx: RunContext) -> str:
+    """What the supervised backbone started from (its weights file's record), when known."""
+    path = ctx.weights_path("supervised")
+    start = read_meta(path).get("start_weights") if path.is_file() else None
+    return f"<p>Backbone weights at the start: {html.escape(start)}</p>" if start else ""
 
 
 def _pretrain_figures(run_dir: Path) -> list[tuple[Path, str]]:

@@ -241,4 +241,13 @@ def extract(
         out["labels"].append(y)
         out["index"].append(idx)
     model.train(was_training)
+    if not out["index"]:  # an empty view (e.g. no test folder): empty tensors of the same kind
+        d, c = getattr(model, "feature_dim", 0), getattr(model, "num_classes", 0)
+        empty = torch.zeros(0, dtype=torch.long)
+        return {
+            "features": torch.zeros(0, d),
+            "logits": torch.zeros(0, c),
+            "labels": empty,
+            "index": empty.clone(),
+        }
     return {k: torch.cat(v) for k, v in out.items()}

@@ -61,7 +61,7 @@ def test_bad_requests_are_user_errors():
 @pytest.mark.parametrize("share", [0.1, 0.3, 0.5])
 def test_pool_novel_share_sets_the_pools_make_up(share):
     s = build_split(TRAIN, TEST, num_known=5, labelled_fraction=0.5, seed=0, pool_novel_share=share)
-    makeup = pool_makeup(s, TRAIN)
+    makeup = pool_makeup(s, s.remap(TRAIN))
     # 5 known classes leave 25 images each in the pool, 5 novel classes bring 50 each
     assert makeup["unlabelled_known"] + makeup["unlabelled_novel"] == len(s.unlabelled)
     assert makeup["unlabelled_novel_share"] == pytest.approx(share, abs=0.02)
@@ -75,7 +75,7 @@ def test_pool_novel_share_sets_the_pools_make_up(share):
 
 def test_pool_make_up_without_a_share_and_its_errors():
     s = build_split(TRAIN, TEST, num_known=5, labelled_fraction=0.8, seed=0)
-    assert pool_makeup(s, TRAIN) == {
+    assert pool_makeup(s, s.remap(TRAIN)) == {
         "unlabelled_known": 50,  # 5 classes x 10 left unlabelled
         "unlabelled_novel": 250,
         "unlabelled_novel_share": 250 / 300,
@@ -83,4 +83,4 @@ def test_pool_make_up_without_a_share_and_its_errors():
     with pytest.raises(UserError, match="labelled_fraction below 1"):
         build_split(TRAIN, TEST, num_known=5, seed=0, pool_novel_share=0.3)
     only_novel = build_split(TRAIN, TEST, num_known=5, labelled_fraction=0.5, pool_novel_share=1)
-    assert pool_makeup(only_novel, TRAIN)["unlabelled_known"] == 0
+    assert pool_makeup(only_novel, only_novel.remap(TRAIN))["unlabelled_known"] == 0

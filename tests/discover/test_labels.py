@@ -31,7 +31,7 @@ DISCOVERED = {
     "index": [10, 11, 12, 13, 14, 15, 16],
     "label": [3, 4, 3, 5, 6, 4, 5],
     "mapping": {"3": 7, "4": 5, "5": 8, "6": None},
-    "class_names": ["novel-0 (~7)", "novel-1 (~5)", "novel-2 (~8)", "novel-3"],
+    "class_names": ["new-1", "new-2", "new-3", "new-4"],
 }
 GOOD = {
     "classes": [{"name": "seven", "clusters": [3]}, {"name": "five", "clusters": [4, 5]}],
@@ -54,14 +54,14 @@ def test_good_labels_pass():
 @pytest.mark.parametrize(
     ("labels", "message"),
     [
-        (_labels("seven", "  ", "eight"), "novel-1: the name is empty"),
-        (_labels("seven", "", "eight"), "novel-1: the name is empty"),
-        (_labels("seven", "eight", "Seven "), "novel-2: 'Seven' is already the name of novel-0"),
-        (_labels("seven", "One", "eight"), "novel-1: 'One' is a known class"),
+        (_labels("seven", "  ", "eight"), "new-2: the name is empty"),
+        (_labels("seven", "", "eight"), "new-2: the name is empty"),
+        (_labels("seven", "eight", "Seven "), "new-3: 'Seven' is already the name of new-1"),
+        (_labels("seven", "One", "eight"), "new-2: 'One' is a known class"),
         (_labels("seven", "unknown", "eight"), "'unknown' is reserved"),
         (_labels("seven", "x" * 61, "eight"), "over 60 characters"),
-        (_labels("seven", "eight", "nine", rejected=()), "novel-3 neither named nor rejected"),
-        (_labels("seven", "eight", "nine", rejected=(6, 3)), "novel-0 placed more than once"),
+        (_labels("seven", "eight", "nine", rejected=()), "new-4 neither named nor rejected"),
+        (_labels("seven", "eight", "nine", rejected=(6, 3)), "new-1 placed more than once"),
         (_labels("seven", "eight", "nine", rejected=(6, 9)), "9 is not a cluster of this run"),
         ({"classes": "seven"}, "must be lists"),
         ({"classes": [{"name": "seven"}], "rejected": [4, 5, 6]}, "has no 'clusters' list"),

@@ -44,10 +44,12 @@ class OpenWorldSplit:
         return list(range(self.num_known, self.num_classes))
 
     def remap(self, targets: np.ndarray) -> np.ndarray:
-        """Dataset class ids -> model labels (position in `class_order`)."""
+        """Dataset class ids -> model labels (position in `class_order`); a hidden label
+        (`UNKNOWN`, negative) stays `UNKNOWN`."""
         lut = np.empty(max(self.class_order) + 1, np.int64)
         lut[self.class_order] = np.arange(len(self.class_order))
-        return lut[np.asarray(targets)]
+        targets = np.asarray(targets, np.int64)
+        return np.where(targets < 0, UNKNOWN, lut[np.maximum(targets, 0)])
 
 
 def build_split(
@@ -108,6 +110,38 @@ def build_split(
     )
 
 
+def build_user_split(
+    train_targets: np.ndarray,
+    test_targets: np.ndarray,
+    num_classes: int,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> OpenWorldSplit:
+    """The split of a person's own folders: the labelled images (targets 0..k-1, one class
+    folder each) are the known classes, minus a held-out `val_fraction` of each; every
+    unlabelled image (target `UNKNOWN`: it has no label anywhere) is the pool; the test set
+    (optional) may hold classes beyond the known ones (k..`num_classes` - 1), which are novel.
+    Nothing here knows how many new classes the pool holds: that is what the run finds."""
+    train_targets, test_targets = np.asarray(train_targets), np.asarray(test_targets)
+    k = int(train_targets.max()) + 1 if (train_targets >= 0).any() else 0
+    rng = np.random.default_rng(seed)
+    labelled, val = [], []
+    for c in range(k):
+        idx = rng.permutation(np.flatnonzero(train_targets == c))
+        n_val = int(round(val_fraction * len(idx))) if len(idx) > 1 else 0
+        val.append(idx[:n_val])
+        labelled.append(idx[n_val:])
+    return OpenWorldSplit(
+        class_order=list(range(num_classes)),
+        num_known=k,
+        labelled=_sorted_union(labelled),
+        val=_sorted_union(val),
+        unlabelled=np.flatnonzero(train_targets == UNKNOWN).astype(np.int64),
+        test=np.arange(len(test_targets), dtype=np.int64),
+        tasks=[list(range(k))],  # the new classes come from the discover stage
+    )
+
+
 def _sorted_union(parts: list[np.ndarray]) -> np.ndarray:
     return np.sort(np.concatenate(parts)).astype(np.int64) if parts else np.zeros(0, np.int64)
 
@@ -132,15 +166,12 @@ def _to_share(
     return [c[: int(round(keep * len(c)))] for c in known], novel
 
 
-def is_novel(split: OpenWorldSplit, train_targets: np.ndarray, index) -> np.ndarray:
-    """[N] bool: whether each training image `index` [N] is of a novel class — the hidden truth,
-    for evaluation only (selection precision / recall, the pool's make-up)."""
-    return split.remap(np.asarray(train_targets)[np.asarray(index)]) >= split.num_known
-
-
-def pool_makeup(split: OpenWorldSplit, train_targets: np.ndarray) -> dict[str, float]:
-    """How the unlabelled pool was made up (from the hidden truth; for reports only)."""
-    novel = is_novel(split, train_targets, split.unlabelled)
+def pool_makeup(split: OpenWorldSplit, truth: np.ndarray | None) -> dict[str, float]:
+    """How the unlabelled pool was made up, from `truth` (model label of every train image, the
+    benchmark's hidden truth; evaluation only): empty without it (a person's own pool)."""
+    if truth is None:
+        return {}
+    novel = truth[split.unlabelled] >= split.num_known
     return {
         "unlabelled_known": int((~novel).sum()),
         "unlabelled_novel": int(novel.sum()),

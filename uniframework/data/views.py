@@ -9,6 +9,7 @@ small image sizes, where the per-image transforms cost more than the training st
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from torchvision.transforms import v2
 from ..config import DataConfig
 from .augment import BatchAugment
 from .datasets import ImageSet, build_datasets
-from .splits import UNKNOWN, OpenWorldSplit, build_split
+from .splits import UNKNOWN, OpenWorldSplit, build_split, build_user_split, pool_makeup
 
 
 def make_transform(base: ImageSet, size: int, train: bool, augment: bool = True) -> v2.Compose:
@@ -119,16 +120,28 @@ def whole_batch(batch):
 
 @dataclass
 class OpenWorldData:
-    """The datasets, the split, and the views every stage draws from."""
+    """The datasets, the split, and the views every stage draws from.
+
+    Only the labelled and held-out known images carry a label in `train.targets`; every other
+    train image's target is `UNKNOWN`, so no stage can read the pool's classes. In a benchmark
+    (every image in a class folder) the hidden classes are kept apart in `truth`, which only
+    evaluation reads (`pool_truth`, `pool_makeup`); for a person's own folders (`user_mode`:
+    an unlabelled folder) there is no truth at all."""
 
     cfg: DataConfig
     train: ImageSet
     test: ImageSet
     split: OpenWorldSplit
+    truth: np.ndarray | None = None  # [len(train)] model labels (benchmark; evaluation only)
 
     @classmethod
     def build(cls, cfg: DataConfig, seed: int) -> OpenWorldData:
         train, test = build_datasets(cfg)
+        if (train.targets == UNKNOWN).any():  # a person's unlabelled folder: no truth
+            split = build_user_split(
+                train.targets, test.targets, len(train.classes), cfg.val_fraction, seed
+            )
+            return cls(cfg, train, test, split)
         split = build_split(
             train.targets,
             test.targets,
@@ -140,7 +153,26 @@ class OpenWorldData:
             seed=seed,
             pool_novel_share=cfg.pool_novel_share,
         )
-        return cls(cfg, train, test, split)
+        truth = split.remap(train.targets)
+        hidden = copy.copy(train)  # the same images; labels only where the split gives them
+        hidden.targets = np.full_like(train.targets, UNKNOWN)
+        shown = np.concatenate([split.labelled, split.val])
+        hidden.targets[shown] = train.targets[shown]
+        return cls(cfg, hidden, test, split, truth)
+
+    @property
+    def user_mode(self) -> bool:
+        """A person's own folders: the pool's classes are known to nobody."""
+        return self.truth is None
+
+    def pool_truth(self, index) -> np.ndarray | None:
+        """[N] true model labels of train images `index` (evaluation only); None without
+        truth (a person's own pool)."""
+        return None if self.truth is None else self.truth[np.asarray(index, np.int64)]
+
+    def pool_makeup(self) -> dict[str, float]:
+        """How the unlabelled pool was made up (evaluation only; empty without truth)."""
+        return pool_makeup(self.split, self.truth)
 
     @property
     def class_names(self) -> list[str]:

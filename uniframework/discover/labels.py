@@ -40,8 +40,10 @@ def sha256_of(path: str | Path) -> str:
 
 
 def cluster_name(cluster: int, k: int) -> str:
-    """How the page and the messages call cluster `cluster` (model label): `novel-<j>`."""
-    return f"novel-{cluster - k}"
+    """How discover, the page and the messages call cluster `cluster` (model label k + j):
+    `new-<j + 1>`; discover numbers its clusters by size, largest first. Never a true class:
+    a person's own pool has none."""
+    return f"new-{cluster - k + 1}"
 
 
 def _key(name: str) -> str:
@@ -176,10 +178,10 @@ def inverse_mapping(discovered: dict) -> dict[int, int]:
 
 def cluster_names(discovered: dict, labels: dict | None) -> list[str]:
     """Name of each cluster (discover's outputs k..k+n-1): its class's name on the label page
-    (merged clusters share it; rejected ones are `unknown`), else discover's `novel-<j>`."""
+    (merged clusters share it; rejected ones are `unknown`), else discover's `new-<j + 1>`."""
     n, k = int(discovered["num_novel"]), int(discovered["num_known"])
     names = list(discovered.get("class_names") or [])
-    names += [f"novel-{j}" for j in range(len(names), n)]
+    names += [cluster_name(k + j, k) for j in range(len(names), n)]
     if labels is None:
         return names
     named = {c: cl["name"] for cl in labels["classes"] for c in cl["clusters"]}

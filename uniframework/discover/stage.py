@@ -58,7 +58,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from pydantic import Field
 
 from ..config import Section
-from ..data.splits import UNKNOWN, pool_makeup
+from ..data.splits import UNKNOWN
 from ..errors import UserError
 from ..io import write_json
 from ..models import Classifier, grow_head, shrink_head
@@ -75,6 +75,7 @@ from .clustering import (
     semi_supervised_kmeans,
 )
 from .gcd import centre_head
+from .labels import cluster_name
 from .metrics import clustering_metrics, gcd_accuracy, hungarian_mapping
 
 log = logging.getLogger(__name__)
@@ -125,28 +126,32 @@ class DiscoverStage:
     def run(ctx, opts: DiscoverOptions) -> dict[str, float]:
         data, split = ctx.data, ctx.data.split
         k = split.num_known
-        if not split.novel:
+        opts = options_for(opts, data)
+        if not data.user_mode and not split.novel:
             raise UserError(
                 "the discover stage needs novel classes: set data.num_known below the "
                 f"{split.num_classes} classes of the dataset"
             )
         supervised, _ = ctx.load_classifier("supervised")
         pool_all = extract(supervised, data.loader(data.view("unlabelled")))
-        truth = torch.from_numpy(split.remap(data.train.targets[pool_all["index"].numpy()]))
+        # the pool's hidden classes, for evaluation only (None for a person's own pool)
+        truth = data.pool_truth(pool_all["index"].numpy())
         keep = select_pool(ctx, opts, pool_all, truth, k)
         if keep.sum() < 2:
             raise UserError(
-                f"stages.discover: only {int(keep.sum())} pool images to discover from; "
-                "use pool: novel, or a detector that flags more unknowns"
+                f"stages.discover: only {int(keep.sum())} of {len(keep)} unlabelled images to "
+                "discover from: use pool: all, or an openset detector that flags more unknowns "
+                "(e.g. stages.openset.detector=energy_weibull)"
             )
         pool = {key: v[keep] for key, v in pool_all.items()}
-        pool_truth = truth[keep]
         metrics: dict[str, float] = {
             "pool_size": int(keep.sum()),
-            "pool_novel_fraction": float((pool_truth >= k).float().mean()),
-            "num_novel_true": len(split.novel),
-            **pool_makeup(split, data.train.targets),
+            "pool_flagged_share": float(keep.float().mean()),  # truth-free
         }
+        if truth is not None:  # evaluation
+            metrics["pool_novel_fraction"] = float((truth[keep.numpy()] >= k).mean())
+            metrics["num_novel_true"] = len(split.novel)
+            metrics.update(data.pool_makeup())
         n = opts.num_novel if isinstance(opts.num_novel, int) else len(split.novel)
         model = supervised
         if opts.method == "gcd":  # learn the representation first; it needs no class count
@@ -208,13 +213,15 @@ class DiscoverStage:
             if opts.figures and rank_zero_only.rank == 0:
                 from .figures import count_figure
 
-                count_figure(
-                    scores, n, len(split.novel), ctx.run_dir / "discover" / "count.png", extra
-                )
+                true_count = None if data.user_mode else len(split.novel)
+                count_figure(scores, n, true_count, ctx.run_dir / "discover" / "count.png", extra)
+                metrics.update({f"count_score_{c}": float(v) for c, v in scores.items()})
+                if extra is not None:
+                    metrics.update({f"count_gap_{c}": float(v) for c, v in gaps.items()})
             log.info(
-                "discover: %d novel classes estimated (truth %d; %s scores %s%s)",
+                "discover: %d novel classes estimated (%s; %s scores %s%s)",
                 n,
-                len(split.novel),
+                "no truth" if data.user_mode else f"truth {len(split.novel)}",
                 "count heads' refined silhouette" if heads else opts.estimator,
                 _rounded(scores),
                 "" if extra is None else f", spectral gaps {_rounded(gaps)}",
@@ -240,86 +247,199 @@ class DiscoverStage:
                 return {}
         if rank_zero_only.rank != 0:
             return {}
-        test = extract(model, data.loader(data.view("test")))
-        novel_test = test["labels"] >= k
+        pool_logits = extract(model, data.loader(_pool_view(data, pool["index"].numpy())))
+        pool_logits = pool_logits["logits"]
+        has_test = len(split.test) > 0  # a person's folders may have no test/
+        test = extract(model, data.loader(data.view("test"))) if has_test else None
+        novel_test = test["labels"] >= k if has_test else torch.zeros(0, dtype=torch.bool)
         if opts.method == "kmeans":  # nearest centroid of the supervised features
             pool_pred = km.labels_ + k
-            test_pred = assign(km, test["features"][novel_test])
+            test_pred = assign(km, test["features"][novel_test]) if novel_test.any() else []
         elif opts.method in ("sskmeans", "gcd"):  # test images: the head's novel outputs
-            test_pred = test["logits"][novel_test][:, k:].argmax(1).numpy()
+            pass  # pool_pred: the semi-supervised k-means assignment
         else:
-            pool_view = _pool_view(data, pool["index"].numpy())
-            logits = extract(model, data.loader(pool_view))["logits"]
             # a pool of unknowns (novel / detected) is split among the new classes; a mixed
             # pool (all) may also go to the known ones
             pool_pred = (
-                logits.argmax(1).numpy()
+                pool_logits.argmax(1).numpy()
                 if opts.pool == "all"
-                else logits[:, k:].argmax(1).numpy() + k
+                else pool_logits[:, k:].argmax(1).numpy() + k
             )
-            test_pred = test["logits"][novel_test][:, k:].argmax(1).numpy()
-        # GCD v2 accuracy over the whole unlabelled pool: the rest keep their known class
-        every = pool_all["logits"][:, :k].argmax(1).numpy()
-        every[keep.numpy()] = pool_pred
-        gcd = gcd_accuracy(truth.numpy(), every, k)
-        # (a part with no images, e.g. old classes in a pool of novel ones, is left out)
-        metrics.update({f"gcd_{part}_acc": v for part, v in gcd.items() if v == v})
+        if opts.method != "kmeans":
+            test_pred = test["logits"][novel_test][:, k:].argmax(1).numpy() if has_test else []
+        rank = order_by_size(model, k, n, pool_pred)  # new-1 = the largest group
+        pool_pred = np.where(pool_pred >= k, rank[np.maximum(pool_pred - k, 0)] + k, pool_pred)
+        test_pred = rank[np.asarray(test_pred, np.int64)]
+        confidence = pool_logits.softmax(1).max(1).values.numpy()  # (order-free)
+        metrics.update(group_diagnostics(pool["features"], pool_pred, confidence, k, n))
+        write_groups(ctx, data, pool["index"].numpy(), pool_pred, confidence, k)
+        metrics.update(evaluate(data, pool_all, keep, pool_pred, test, test_pred, k))
+        mapping = metrics.pop("mapping")
         new = pool_pred >= k  # the images given to a new class
-        pool = {key: v[torch.from_numpy(new)] for key, v in pool.items()}
-        pool_truth, pool_pred = pool_truth[torch.from_numpy(new)], pool_pred[new] - k
-        novel_pool = (pool_truth >= k).numpy()
-        on_pool = clustering_metrics(pool_truth.numpy()[novel_pool], pool_pred[novel_pool])
-        on_test = clustering_metrics(test["labels"][novel_test].numpy(), test_pred)
-        metrics.update({f"novel_{m}": v for m, v in on_pool.items()})
-        metrics.update({f"test_novel_{m}": v for m, v in on_test.items()})
-        known = ~novel_test
-        metrics["known_acc"] = float(
-            (test["logits"][known][:, :k].argmax(1) == test["labels"][known]).float().mean()
-        )
-        mapping = hungarian_mapping(pool_truth.numpy()[novel_pool], pool_pred[novel_pool] + k)
-        names = data.class_names
         discovered = {
             "method": opts.method,
             "num_known": k,
             "num_novel": n,
-            "index": pool["index"].tolist(),
-            "label": (pool_pred + k).tolist(),
+            "index": pool["index"][torch.from_numpy(new)].tolist(),
+            "label": pool_pred[new].tolist(),
+            # evaluation only: cluster -> true class (benchmark: on the pool; own data: on the
+            # test folder's new classes, when it has them)
             "mapping": {str(k + j): mapping.get(k + j) for j in range(n)},
-            "class_names": [
-                f"novel-{j}" + (f" (~{names[mapping[k + j]]})" if k + j in mapping else "")
-                for j in range(n)
-            ],
+            "class_names": [cluster_name(k + j, k) for j in range(n)],
         }
         write_json(ctx.run_dir / "discover" / "discovered.json", discovered)
         ctx.save_model("discover", model, num_known=k, num_novel=n)
-        if opts.figures:
+        if opts.figures and has_test:
             from .figures import embedding_figure
 
             embedding_figure(
                 test["features"],
                 test["labels"],
-                novel_test.numpy(),
+                (test["labels"] >= k).numpy(),
                 test_pred + k,
                 k,
                 ctx.run_dir / "discover" / "embedding.png",
                 seed=ctx.cfg.seed,
             )
         log.info(
-            "discover: %s found %d classes; novel acc %.4f (pool), %.4f (test)",
+            "discover: %s found %d new groups in %d of %d unlabelled images (sizes %s)%s",
             opts.method,
             n,
-            metrics["novel_acc"],
-            metrics["test_novel_acc"],
+            int(new.sum()),
+            len(keep),
+            [metrics[f"group_{j + 1}_size"] for j in range(n)],
+            f"; novel acc {metrics['novel_acc']:.4f} (pool)" if "novel_acc" in metrics else "",
         )
         return metrics
 
 
-def select_pool(ctx, opts, pool: dict, truth: torch.Tensor, k: int) -> torch.Tensor:
-    """[P] bool: the pool images to discover from (see the module docstring)."""
+def options_for(opts: DiscoverOptions, data) -> DiscoverOptions:
+    """The options a run on `data` uses. A person's own pool (no truth): `pool` defaults to
+    `detected` and `num_novel` to `auto`; the options that need the pool's classes are refused
+    (UserError naming the key and the fix). A benchmark keeps the options as given."""
+    if not data.user_mode:
+        return opts
+    given = opts.model_fields_set
+    if opts.pool == "novel" and "pool" in given:
+        raise UserError(
+            "stages.discover.pool = novel selects the unlabelled images by their hidden classes, "
+            "which an unlabelled folder does not have: use pool: detected (the images the "
+            "openset detector flags) or pool: all"
+        )
+    if "num_novel" in given and opts.num_novel is None:
+        raise UserError(
+            "stages.discover.num_novel = null means the true number of new classes, which "
+            "nobody knows for an unlabelled folder: leave it out (= auto, estimated), set auto, "
+            "or give a number"
+        )
+    update = {k: v for k, v in (("pool", "detected"), ("num_novel", "auto")) if k not in given}
+    return opts.model_copy(update=update)
+
+
+def order_by_size(model: Classifier, k: int, n: int, pred: np.ndarray) -> np.ndarray:
+    """Renumber the n new groups by size, largest first: the head's rows k.. are reordered in
+    place; returns `rank` [n], the new position of group j (`pred`: model labels, new >= k)."""
+    sizes = np.bincount(pred[pred >= k] - k, minlength=n)
+    order = np.argsort(-sizes, kind="stable")
+    with torch.no_grad():
+        model.head.weight[k : k + n] = model.head.weight[k : k + n][torch.from_numpy(order)]
+        model.head.bias[k : k + n] = model.head.bias[k : k + n][torch.from_numpy(order)]
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    return rank
+
+
+def group_diagnostics(
+    features: torch.Tensor, pred: np.ndarray, confidence: np.ndarray, k: int, n: int
+) -> dict[str, float]:
+    """What can be known without truth, per new group j (`group_<j+1>_*`): its size, the mean
+    confidence (top softmax probability) of its images and their mean silhouette (cosine) on
+    the features; `pool_new_share`: the share of the chosen pool given to some new group."""
+    from sklearn.metrics import silhouette_samples
+
+    new = pred >= k
+    out: dict[str, float] = {"pool_new_share": float(new.mean()) if len(new) else 0.0}
+    sil = np.full(len(pred), np.nan)
+    if len(np.unique(pred[new])) >= 2 and new.sum() > len(np.unique(pred[new])):
+        sil[new] = silhouette_samples(features[new].numpy(), pred[new], metric="cosine")
+    for j in range(n):
+        members = pred == k + j
+        out[f"group_{j + 1}_size"] = int(members.sum())
+        if members.any():
+            out[f"group_{j + 1}_confidence"] = float(confidence[members].mean())
+            if not np.isnan(sil[members]).all():
+                out[f"group_{j + 1}_silhouette"] = float(np.nanmean(sil[members]))
+    return out
+
+
+def write_groups(ctx, data, index: np.ndarray, pred: np.ndarray, confidence: np.ndarray, k: int):
+    """`discover/groups.csv`: each image of the chosen pool -> its group (`new-<j>`, or the
+    known class it was given) and the confidence; the file path where the images came from
+    files, else the train-set index."""
+    import csv
+
+    names = data.class_names[:k]
+    paths = getattr(data.train, "paths", None)
+    out = ctx.run_dir / "discover" / "groups.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "group", "confidence"])
+        order = np.lexsort((-confidence, pred))
+        for i in order:
+            j = int(index[i])
+            where = str(paths[j]) if paths is not None else str(j)
+            group = names[pred[i]] if pred[i] < k else cluster_name(int(pred[i]), k)
+            w.writerow([where, group, f"{confidence[i]:.4f}"])
+    tmp.replace(out)
+
+
+def evaluate(data, pool_all, keep, pool_pred, test, test_pred, k: int) -> dict:
+    """The evaluation metrics (see the module docstring), each only where its truth exists:
+    the pool's hidden classes (benchmark) for `gcd_*`, `novel_*`; the test set's classes for
+    `test_novel_*`, `known_acc`. `mapping`: cluster -> true class, from the pool's truth, else
+    from the test's novel classes (each absent when that truth is)."""
+    metrics: dict = {}
+    truth = data.pool_truth(pool_all["index"].numpy())
+    if test is None:  # no test folder: nothing to evaluate on
+        test = {"labels": torch.zeros(0, dtype=torch.long), "logits": torch.zeros(0, k)}
+    novel_test = (test["labels"] >= k).numpy()
+    if novel_test.any():
+        on_test = clustering_metrics(test["labels"].numpy()[novel_test], test_pred)
+        metrics.update({f"test_novel_{m}": v for m, v in on_test.items()})
+    if (~novel_test).any():
+        known = torch.from_numpy(~novel_test)
+        right = test["logits"][known][:, :k].argmax(1) == test["labels"][known]
+        metrics["known_acc"] = float(right.float().mean())
+    if truth is None:
+        novel = test["labels"].numpy()[novel_test]
+        metrics["mapping"] = hungarian_mapping(novel, test_pred + k) if len(novel) else {}
+        return metrics
+    # GCD v2 accuracy over the whole unlabelled pool: the rest keep their known class
+    every = pool_all["logits"][:, :k].argmax(1).numpy()
+    every[keep.numpy()] = pool_pred
+    gcd = gcd_accuracy(truth, every, k)
+    # (a part with no images, e.g. old classes in a pool of novel ones, is left out)
+    metrics.update({f"gcd_{part}_acc": v for part, v in gcd.items() if v == v})
+    new = pool_pred >= k  # the images given to a new class
+    pool_truth = truth[keep.numpy()][new]
+    novel_pool = pool_truth >= k
+    on_pool = clustering_metrics(pool_truth[novel_pool], pool_pred[new][novel_pool] - k)
+    metrics.update({f"novel_{m}": v for m, v in on_pool.items()})
+    metrics["mapping"] = hungarian_mapping(pool_truth[novel_pool], pool_pred[new][novel_pool])
+    return metrics
+
+
+def select_pool(ctx, opts, pool: dict, truth: np.ndarray | None, k: int) -> torch.Tensor:
+    """[P] bool: the pool images to discover from (see the module docstring); `truth` (the
+    pool's hidden classes) serves `pool: novel` only, the benchmark protocol."""
     if opts.pool == "novel":
-        return truth >= k
+        if truth is None:  # (options_for refuses it before)
+            raise UserError("stages.discover.pool = novel needs the pool's classes")
+        return torch.from_numpy(truth >= k)
     if opts.pool == "all":
-        return torch.ones_like(truth, dtype=torch.bool)
+        return torch.ones(len(pool["index"]), dtype=torch.bool)
     from ..openset.detector import Detector
 
     detector = Detector.load(ctx.run_dir / "openset")

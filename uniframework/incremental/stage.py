@@ -118,10 +118,8 @@ def _task0_model(ctx, opts, plan: TaskPlan) -> Classifier:
         log.info("incremental: task 0 = the supervised classifier (%d outputs)", model.num_classes)
         return shrink_head(model, k)  # drops ORE's "unknown" output when it was trained
     path = ctx.run_dir / "checkpoints" / "incremental" / "task0.safetensors"
-    model_cfg, pretrained = cfg.model, ctx.weights_path("pretrain")
-    if model_cfg.weights is None and pretrained.is_file():
-        model_cfg = model_cfg.model_copy(update={"weights": str(pretrained)})
-    model = build_classifier(model_cfg, cfg.data.image_size, k)
+    model_cfg, start = ctx.model_start("incremental/task0")  # hand-off from `pretrain`, resume
+    model = build_classifier(model_cfg, cfg.data.image_size, k, start and not path.is_file())
     if not path.is_file():
         log.info("incremental: no supervised checkpoint, training task 0 here")
         view = _view(ctx, plan.train_index[0], plan.train_labels[0], train=True)
@@ -255,6 +253,8 @@ class IncrementalStage:
 
     @staticmethod
     def run(ctx, opts: IncrementalOptions) -> dict[str, float]:
+        if ctx.data.user_mode and "source" not in opts.model_fields_set:
+            opts = opts.model_copy(update={"source": "discover"})  # the only source there is
         if opts.source == "discover":
             plan = plan_from_discover(ctx.data, ctx.run_dir / "discover" / "discovered.json")
         else:

@@ -1,8 +1,8 @@
 """The task sequence of a class-incremental run, from the split or from the discover stage.
 
-- source "split" (the usual class-incremental protocol): task 0 = the known classes (their
-  labelled images); task t >= 1 = the split's t-th group of novel classes, trained on their
-  images from the unlabelled pool with their true labels.
+- source "split" (the usual class-incremental protocol, benchmarks only): task 0 = the known
+  classes (their labelled images); task t >= 1 = the split's t-th group of novel classes,
+  trained on their images from the unlabelled pool with their true labels.
 - source "discover": task 0 as above; the discovered novel classes (model labels k..k+n-1)
   are spread over `data.num_tasks - 1` tasks (at least one), trained on the pool images the
   discover stage assigned to them, with its pseudo-labels. On the test set a true novel class
@@ -57,12 +57,18 @@ class TaskPlan:
 
 def plan_from_split(data: OpenWorldData) -> TaskPlan:
     split = data.split
+    if data.user_mode:  # this protocol is told the pool's classes
+        raise UserError(
+            "stages.incremental.source = split learns the unlabelled images by their true "
+            "classes, which an unlabelled folder does not have: use source: discover (the "
+            "groups the discover stage found, named on the label page)"
+        )
     if len(split.tasks) < 2:
         raise UserError(
             "the incremental stage needs at least 2 tasks: set data.num_tasks >= 2 and "
             "data.num_known below the class count (task 0 = the known classes)"
         )
-    pool_labels = split.remap(data.train.targets[split.unlabelled])
+    pool_labels = data.pool_truth(split.unlabelled)
     index, labels = [split.labelled], [split.remap(data.train.targets[split.labelled])]
     for classes in split.tasks[1:]:
         keep = np.isin(pool_labels, classes)

@@ -6,7 +6,6 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from ..io import load_matching, load_weights
 from .backbones import build_backbone
 
 
@@ -56,14 +55,10 @@ def shrink_head(model: Classifier, num_classes: int) -> Classifier:
     return model
 
 
-def build_classifier(cfg: ModelConfig, image_size: int, num_classes: int) -> Classifier:
-    """Classifier on a fresh backbone, started from `cfg.weights` (backbone only) when given."""
-    model = Classifier(build_backbone(cfg, image_size), num_classes)
-    if cfg.weights:
-        state, _ = load_weights(cfg.weights)
-        # a classifier's file: keep its backbone; a backbone's file (pretrain): take it whole
-        state = {
-            k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("head.")
-        }
-        load_matching(model.backbone, state, cfg.weights)
-    return model
+def build_classifier(
+    cfg: ModelConfig, image_size: int, num_classes: int, start: bool = True
+) -> Classifier:
+    """Classifier with a fresh head on a backbone that, with `start`, starts from `cfg.weights`
+    (a classifier's file gives its backbone) or timm's hub (`cfg.pretrained`); without `start`
+    nothing is loaded, for a model whose weights come next from the run's own checkpoint."""
+    return Classifier(build_backbone(cfg, image_size, start), num_classes)

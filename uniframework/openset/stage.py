@@ -26,7 +26,6 @@ import torch
 from pydantic import Field, model_validator
 
 from ..config import Section
-from ..data.splits import is_novel, pool_makeup
 from ..errors import UserError
 from ..registry import STAGES
 from ..training import extract
@@ -130,7 +129,7 @@ class OpensetStage:
             return {}
         data = ctx.data
         split = data.split
-        if not split.novel:
+        if not data.user_mode and not split.novel:
             raise UserError(
                 "the openset stage needs novel classes to evaluate against: set data.num_known "
                 f"below the {split.num_classes} classes of the dataset"
@@ -164,8 +163,11 @@ class OpensetStage:
         }
         is_unknown = test["labels"] >= split.num_known
         known_correct = test["logits"].argmax(1) == test["labels"]
+        # evaluation needs test images of known and of new classes (a person's test/ folder
+        # may have neither); without them only the chosen detector is fitted
+        evaluable = bool(is_unknown.any()) and bool((~is_unknown).any())
         metrics, scores, fitted = {}, {}, {}
-        scorers = list(opts.scorers)
+        scorers = list(opts.scorers) if evaluable else [opts.detector]
         if len(pool["labels"]) == 0 and "knn_pool" in scorers:
             if opts.detector == "knn_pool":
                 raise UserError(
@@ -178,26 +180,37 @@ class OpensetStage:
             fit_on = {"energy_weibull": calib, "knn_pool": banks}.get(name, train)
             scorer.fit(fit_on["features"], fit_on["logits"], fit_on["labels"])
             det = Detector.fit(name, scorer, k, val["features"], val["logits"])
+            fitted[name] = det
+            if not evaluable:
+                continue
             s, pred = det.decide(test["features"], test["logits"])
             m = openset_metrics(s, is_unknown, known_correct, pred)
             metrics.update({f"{name}.{key}": v for key, v in m.items()})
-            scores[name], fitted[name] = s, det
-        if model.num_classes > k:  # ORE's extra "unknown" output, as one more scorer
+            scores[name] = s
+        if not evaluable:
+            log.info("openset: no test images of both known and new classes: no evaluation")
+        elif model.num_classes > k:  # ORE's extra "unknown" output, as one more scorer
             scores["unknown_class"] = unknown_prob
             m = openset_metrics(scores["unknown_class"], is_unknown, known_correct)
             metrics.update({f"unknown_class.{n}": v for n, v in m.items()})
-        chosen = ("auroc", "fpr95", "fpr95_in", "oscr", "known_kept", "unknown_caught")
-        metrics.update({m: metrics[f"{opts.detector}.{m}"] for m in chosen})
-        metrics["known_acc"] = float(known_correct[~is_unknown].float().mean())
-        # the selection against the pool's hidden truth (evaluation only)
-        pool_novel = torch.from_numpy(is_novel(split, data.train.targets, pool["index"].numpy()))
+        if evaluable:
+            chosen = ("auroc", "fpr95", "fpr95_in", "oscr", "known_kept", "unknown_caught")
+            metrics.update({m: metrics[f"{opts.detector}.{m}"] for m in chosen})
+        if (~is_unknown).any():
+            metrics["known_acc"] = float(known_correct[~is_unknown].float().mean())
+        # truth-free: how much of the unlabelled pool the chosen detector calls unknown
+        if len(pool["labels"]):
+            flagged = fitted[opts.detector].predict_unknown(pool["features"], pool["logits"])
+            metrics["pool_flagged_share"] = float(flagged.float().mean())
         metrics["auto_unknowns"] = len(auto)
-        metrics.update(selection_quality(auto, pool_novel))
-        metrics["auto_unknowns_truly_novel"] = metrics["auto_unknown_precision"]  # older name
-        metrics.update(pool_makeup(split, data.train.targets))
+        truth = data.pool_truth(pool["index"].numpy())
+        if truth is not None:  # the selection against the pool's hidden truth (evaluation)
+            metrics.update(selection_quality(auto, torch.from_numpy(truth >= k)))
+            metrics["auto_unknowns_truly_novel"] = metrics["auto_unknown_precision"]
+            metrics.update(data.pool_makeup())
         out = ctx.run_dir / "openset"
         fitted[opts.detector].save(out)
-        if opts.figures:
+        if opts.figures and evaluable:
             from .figures import energy_histogram, roc_curves
 
             energy_histogram(
@@ -208,11 +221,12 @@ class OpensetStage:
                 out / "energy_hist.png",
             )
             roc_curves(scores, is_unknown, out / "roc.png")
-        log.info(
-            "openset: %s AUROC %.4f (known %d / unknown %d test images)",
-            opts.detector,
-            metrics["auroc"],
-            int((~is_unknown).sum()),
-            int(is_unknown.sum()),
-        )
+        if evaluable:
+            log.info(
+                "openset: %s AUROC %.4f (known %d / unknown %d test images)",
+                opts.detector,
+                metrics["auroc"],
+                int((~is_unknown).sum()),
+                int(is_unknown.sum()),
+            )
         return metrics

@@ -174,7 +174,13 @@ class PretrainStage:
         cls = METHODS.get(opts.method)
         recipe = make_recipe(opts, cls.defaults, max_epochs, cfg.data.batch_size)
         method = cls(opts, recipe)
-        backbone = build_backbone(cfg.model, size)
+        # the method builds its encoder afresh, so the backbone loads no start weights (no hub)
+        backbone = build_backbone(cfg.model, size, start=False)
+        if cfg.model.starts_pretrained or cfg.model.weights:
+            log.warning(
+                "pretrain: its encoder starts from random weights, not model.weights / "
+                "model.pretrained; the later stages start from those, not from this encoder"
+            )
         model = build_method_model(method, opts.method, backbone, cfg)
         view = pretrain_view(data, method.transform(data.train, size))
         trainer = make_trainer(cfg.trainer, ctx.run_dir, "pretrain", max_epochs, monitor=None)

@@ -11,10 +11,10 @@ import logging
 import numpy as np
 import torch
 
-from ..data.splits import is_novel
 from ..errors import UserError
 from ..io import save_weights
 from ..models import build_classifier
+from ..models.backbones import start_weights
 from ..openset.stage import selection_quality
 from ..registry import STAGES
 from ..training import best_state, extract, fit, make_trainer
@@ -35,11 +35,10 @@ class SupervisedStage:
     def run(ctx, opts: SupervisedOptions) -> dict[str, float]:
         data, cfg = ctx.data, ctx.cfg
         k = data.split.num_known
-        model_cfg, pretrained = cfg.model, ctx.weights_path("pretrain")
-        if model_cfg.weights is None and pretrained.is_file():  # hand-off from `pretrain`
-            model_cfg = model_cfg.model_copy(update={"weights": str(pretrained)})
-            log.info("supervised: backbone starts from %s", pretrained)
-        model = build_classifier(model_cfg, cfg.data.image_size, k + opts.unknown_class)
+        model_cfg, start = ctx.model_start("supervised")  # hand-off from `pretrain`, resume
+        if model_cfg.weights != cfg.model.weights:
+            log.info("supervised: backbone starts from %s", model_cfg.weights)
+        model = build_classifier(model_cfg, cfg.data.image_size, k + opts.unknown_class, start)
         module = SupervisedModule(model, opts, k)
         has_val = len(data.split.val) > 0
         monitor = opts.keep if has_val and opts.keep != "last" else None
@@ -95,7 +94,7 @@ class SupervisedStage:
         best = best_state(trainer)
         if best is not None:
             module.load_state_dict(best)
-        ctx.save_model("supervised", model, num_known=k)
+        ctx.save_model("supervised", model, num_known=k, start_weights=start_weights(model_cfg))
         if hasattr(module, "prototypes"):
             save_weights(
                 ctx.run_dir / "checkpoints" / "supervised_prototypes.safetensors",
@@ -128,12 +127,16 @@ def progressive_callback(opts: SupervisedOptions, data_cfg, views: list) -> Prog
 
 def pool_selection(data, picked: list[torch.Tensor]) -> dict[str, float]:
     """`auto_unknown_precision|recall|auto_unknowns` of the pool images trained as unknown
-    (dataset indices, repeats counted once) against the pool's hidden truth."""
+    (dataset indices, repeats counted once) against the pool's hidden truth (evaluation; only
+    the count without truth)."""
     pool = data.split.unlabelled
-    truth = torch.from_numpy(is_novel(data.split, data.train.targets, pool))
     taken = np.unique(torch.cat(picked).numpy()) if picked else np.zeros(0, np.int64)
     position = torch.from_numpy(np.nonzero(np.isin(pool, taken))[0])
-    return {"auto_unknowns": len(position), **selection_quality(position, truth)}
+    truth = data.pool_truth(pool)
+    if truth is None:
+        return {"auto_unknowns": len(position)}
+    novel = torch.from_numpy(truth >= data.split.num_known)
+    return {"auto_unknowns": len(position), **selection_quality(position, novel)}
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
