@@ -112,6 +112,8 @@ def test_the_loop_runs_on_own_folders_and_says_what_it_found(world, tmp_path, ca
     assert len(rows) == m["discover.pool_size"]
     assert {r["group"] for r in rows} <= {f"new-{j + 1}" for j in range(n)}
     assert all("/unlabelled/IMG_" in r["image"] for r in rows)
+    page = (tmp_path / "report.html").read_text()
+    assert f"unlabelled images look new; we see {n} new kinds (estimated)" in page
     # a person names the groups, the new classes are learned, then predict on a new photo
     labels = {
         "classes": [{"name": f"kind {j}", "clusters": [5 + j]} for j in range(n)],

@@ -5,11 +5,15 @@ The graph (`ExportGraph`) takes `image: [N, 3, S, S]` float, the run's test view
 and returns, per image:
 - `logits: [N, C]`, `features: [N, D]`: the run's final classifier (incremental, else discover,
   else supervised); its outputs k.. are the new classes named in the metadata;
-- `known_logits: [N, k]`: the supervised classifier's known-class logits (the known class);
-- `unknown_score: [N]` float (higher = more unknown), `is_unknown: [N]` bool: the run's open-set
-  detector on the supervised features / logits, as `Detector.decide`.
-Two classifiers because `predict` reads the known class and the detector off the supervised model
-and the discovered class off the final one; the graph holds both (once when they are one), so
+- `known_logits: [N, m]`: the logits of the classes the detector knows, the classes a row can
+  name: with the detector the incremental stage refitted on the final classifier
+  (`incremental/detector/`, metadata `detector_on: incremental`), every learned class (m = k +
+  new); else the supervised classifier's known classes (m = k);
+- `unknown_score: [N]` float (higher = more unknown), `is_unknown: [N]` bool: that detector, as
+  `Detector.decide`, on the features / logits of the classifier it was fitted on.
+A refitted detector reads the final classifier, so the graph holds that one only. An open-set
+stage's detector reads the supervised classifier, and `predict` then takes a flagged image's
+discovered class from the final one: the graph holds both (once when they are one). Either way
 `uniframework predict model.onnx IMAGES` gives the rows `predict RUN_DIR IMAGES` does.
 
 Detector math inside the graph: MSP, MaxLogit, energy, Mahalanobis and KNN are the scorers' own
@@ -17,9 +21,11 @@ torch code, traced, with their saved statistics as constants. Energy + Weibull i
 scipy; its densities are written out here in closed form (`weibull_logpdf`, `weibull_logcdf`,
 the same branches as scipy's `weibull_min`, in float64) because a graph cannot call scipy.
 
-Metadata (`metadata_props`, values JSON): `format`, `preprocess`, `known_class_names`,
-`new_class_names`, `num_known`, `final_stage`, `detector` (detector.json's settings and the rule),
-`outputs`. Exported with the TorchScript exporter (`dynamo=False`), so onnxscript is not needed.
+Metadata (`metadata_props`, values JSON): `format`, `preprocess` (image_size, mean, std,
+short_side: from the classifier file's metadata, no data rescan), `known_class_names`,
+`new_class_names`, `num_known`, `final_stage`, `detector_on` (the stage whose classifier the
+detector reads), `detector` (detector.json's settings and the rule), `outputs`. Exported with
+the TorchScript exporter (`dynamo=False`), so onnxscript is not needed.
 """
 
 from __future__ import annotations
@@ -39,12 +45,13 @@ from torch import Tensor
 
 from .classnames import class_names
 from .data import resize_normalize
+from .data.images import working_short_side
 from .discover.labels import REJECTED_NAME
 from .errors import UserError
 from .io import atomic_write, read_json
-from .openset.detector import Detector
+from .openset.detector import Detector, run_detector
 from .openset.weibull import LOG_RATIO_CAP, WeibullIdentifier, WeibullParams, ranking_score
-from .predict import make_rows
+from .predict import learned_rows, make_rows, preprocessing
 from .report import final_stage, open_run
 
 log = logging.getLogger(__name__)
@@ -203,35 +210,37 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
             f"'{ctx.run_dir}' has no supervised classifier ({ctx.weights_path('supervised')}): "
             "export needs a run with a finished `supervised` stage; run it first"
         )
-    supervised, meta = ctx.load_classifier("supervised")
-    k = int(meta.get("num_known", supervised.num_classes))
-    final, new_names = None, []
-    if stage != "supervised":
-        final, final_meta = ctx.load_classifier(stage)
-        final.eval()
-        if final.num_classes > k:
-            new_names = class_names(ctx, stage, final_meta)[k:]
-    detector = DetectorGraph(Detector.load(ctx.run_dir / "openset"), k, supervised.num_classes)
-    graph = ExportGraph(supervised.eval(), final, detector).eval()
-    size, base = ctx.cfg.data.image_size, ctx.data.test
+    found, folder = run_detector(ctx.run_dir)
+    refitted = found is not None and found.classifier != "supervised"
+    # the graph's first classifier: the one the detector reads
+    first = found.classifier if refitted else "supervised"
+    classifier, meta = ctx.load_classifier(first)
+    k = int(meta.get("num_known", classifier.num_classes))  # known classes
+    final, final_meta = (None, meta) if stage == first else ctx.load_classifier(stage)
+    new_names = class_names(ctx, stage, final_meta)[k:] if stage != "supervised" else []
+    m = found.num_known if refitted else k  # the classes a row can name
+    detector = DetectorGraph(found, m, classifier.num_classes)
+    graph = ExportGraph(classifier, final, detector).eval()  # eval(): every submodule
+    pre = preprocessing(ctx, meta)  # the file's numbers: no rescan of the training folder
+    size = pre["image_size"]
     example = (torch.zeros(2, 3, size, size),)
     model = onnx.load_from_string(to_onnx(graph, example, ["image"], OUTPUTS))
-    saved = read_json(ctx.run_dir / "openset" / "detector.json", {})
+    saved = read_json(folder / "detector.json", {})
     settings = {k_: v for k_, v in saved.items() if k_ != "available"}
     metadata = {
         "format": FORMAT,
         "preprocess": {
-            "image_size": size,
-            "mean": list(base.mean),
-            "std": list(base.std),
-            "steps": "RGB uint8 -> shorter side resized to image_size (antialiased), centre "
-            "crop image_size x image_size, scaled to [0, 1], (x - mean) / std per channel",
+            **pre,
+            "steps": "RGB uint8 (working copy: shorter side at most short_side) -> shorter side "
+            "resized to image_size (antialiased), centre crop image_size x image_size, scaled "
+            "to [0, 1], (x - mean) / std per channel",
             "layout": "NCHW float32",
         },
-        "known_class_names": class_names(ctx, "supervised", meta)[:k],
+        "known_class_names": class_names(ctx, first, meta)[:k],
         "new_class_names": new_names,
         "num_known": k,
         "final_stage": stage,
+        "detector_on": first if found is not None else None,
         "detector": {**settings, "rule": detector.rule},
         "outputs": OUTPUTS,
         "run": {"name": ctx.cfg.name, "dir": str(ctx.run_dir)},
@@ -240,7 +249,13 @@ def export_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     model.doc_string = __doc__.split("\n\n")[0]
     onnx.checker.check_model(model)
     atomic_write(out, lambda tmp: onnx.save(model, tmp))
-    log.info("export: %s classifier + %s detector -> %s", stage, detector.rule, out)
+    log.info(
+        "export: %s classifier + %s detector (on the %s classifier) -> %s",
+        stage,
+        detector.rule,
+        first,
+        out,
+    )
     return out
 
 
@@ -272,6 +287,12 @@ class OnnxClassifier:
             )
         self.meta = {key: json.loads(v) for key, v in props.items()}
 
+    @property
+    def short_side(self) -> int:
+        """The working copy's short side images are read at (`read_image`), as training did."""
+        pre = self.meta["preprocess"]
+        return int(pre.get("short_side") or working_short_side(pre["image_size"]))
+
     def classify(self, paths: list[Path], images: list[Tensor]) -> list[dict]:
         pre, meta = self.meta["preprocess"], self.meta
         tf = resize_normalize(pre["image_size"], pre["mean"], pre["std"])
@@ -283,11 +304,14 @@ class OnnxClassifier:
         logits, _, known, score, unknown = (
             torch.from_numpy(np.concatenate(outs)) for outs in zip(*parts)
         )
+        new, k = meta["new_class_names"], meta["num_known"]
+        if meta.get("detector_on") not in (None, "supervised"):  # refitted: every learned class
+            names = [*meta["known_class_names"], *new][: known.shape[1]]
+            return learned_rows(paths, names, k, known, score, unknown)
         if meta["detector"]["rule"] == "none":
             log.warning("no openset stage in this run: every image is called known")
             score = unknown = None
         flagged = [] if unknown is None else unknown.nonzero().flatten().tolist()
-        new, k = meta["new_class_names"], meta["num_known"]
         found = {i: new[int(logits[i, k:].argmax())] for i in flagged} if new else {}
         found = {i: None if name == REJECTED_NAME else name for i, name in found.items()}
         return make_rows(paths, meta["known_class_names"], known.softmax(1), score, unknown, found)

@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from .config import Config, ModelConfig, save_config
 from .data import OpenWorldData
+from .data.images import working_short_side
 from .errors import UserError, did_you_mean
 from .io import (
     atomic_write_text,
@@ -93,7 +94,10 @@ class RunContext:
         return model, not (self.run_dir / "checkpoints" / key / "last.ckpt").is_file()
 
     def save_model(self, stage: str, model: torch.nn.Module, **extra) -> Path:
-        """Safetensors weights of a stage's model, with what is needed to rebuild it."""
+        """Safetensors weights of a stage's model, with what is needed to rebuild it and to
+        preprocess an image as the run's test view does (`predict` and `export` read these
+        instead of rescanning the data: mean / std, image size, the working copy's short side)."""
+        size = self.cfg.data.image_size
         meta = {
             **extra,
             "stage": stage,
@@ -101,6 +105,10 @@ class RunContext:
             "num_classes": getattr(model, "num_classes", None),
             "class_order": self.data.split.class_order,
             "class_names": self.data.class_names,
+            "mean": [float(v) for v in self.data.test.mean],
+            "std": [float(v) for v in self.data.test.std],
+            "image_size": size,
+            "short_side": working_short_side(size),
         }
         path = self.weights_path(stage)
         save_weights(path, model.state_dict(), meta)

@@ -1,24 +1,36 @@
-"""`uniframework predict`: known class / unknown / discovered class of image files, with scores.
+"""`uniframework predict`: the class of image files — a class the run learned, or unknown.
 
-Per image (files, or folders walked for image files), with the run's models:
-- `known_class`, `known_prob`, `scores`: the supervised classifier's softmax over the known
-  classes (its argmax, its probability, every class's probability);
-- `unknown_score`, `is_unknown`: the open-set detector (`openset/detector.json`, any scorer) on
-  the same features / known-class logits (higher = more unknown); energy + Weibull decides by
-  its Weibull fits, the other scorers at the threshold that keeps 95% of held-out knowns;
-- `discovered_class`: only for images the detector flags unknown (empty otherwise): the final
-  classifier's (incremental, else discover) best *new-class* output — argmax over its outputs
-  after the k known ones, by name (`classnames.class_names`: the names given on the label page
-  when the run learned them) — with the known outputs left out, since the detector has already
-  ruled them out; empty without such a classifier, or when the best output is a cluster the
-  person rejected as noise;
+Per image (files, or folders walked for image files), with the run's models and its unknown
+detector (`openset.detector.run_detector`). When the incremental stage refitted the detector on
+its final classifier (`incremental/detector/`, every learned class: known + new):
+- `known_class`, `known_prob`, `scores`: the final classifier's softmax over every learned class
+  (its argmax, its probability, every class's probability), by name (`classnames.class_names`:
+  the known classes, then the new ones as the run learned them — named on the label page, else
+  discover's `novel-<j> (~...)`);
+- `unknown_score`, `is_unknown`: the detector on the same features / logits (higher = more
+  unknown); energy + Weibull decides by its Weibull fits, the other scorers at the threshold
+  that keeps 95% of the known images it was fitted on;
+- `discovered_class`: the class's name when it is one of the new classes (and not flagged);
+- `prediction`: not flagged -> the learned class; flagged -> "unknown", with no class: the
+  detector has ruled out every class the model learned (noise is unknown, not a new class).
+Otherwise (no incremental stage, or a run finished before the refit existed) the detector is
+the open-set stage's, on the supervised classifier:
+- `known_class`, `known_prob`, `scores` and the detector's decision as above, over the known
+  classes of the supervised classifier;
+- `discovered_class`: only for flagged images: the final classifier's (incremental, else
+  discover) best *new-class* output — argmax over its outputs after the k known ones, by name;
+  empty without such a classifier, or when the best output is a cluster the person rejected;
 - `prediction`: not flagged -> the known class; flagged -> its discovered class, else "unknown".
-  The detector alone decides known vs. unknown, so a row never names a known and a new class
-  at once; an incremental classifier's own argmax over all classes is not used.
-Images are preprocessed like the run's test view (`make_transform`, the dataset's mean / std /
-size). A detection run (a `detect` stage) is handed to `uniframework.detect.predict`. In place of
-a run directory, a model file written by `uniframework export` (`.onnx`) gives the same rows
-(`export.OnnxClassifier`, onnxruntime; preprocessing from the file's metadata).
+Either way the detector alone decides learned vs. unknown, so a row never names a class and
+unknown at once. Without a detector, ORE's explicit "unknown" output decides when the model has
+one, else every image is called known.
+Images are read and preprocessed as the run's test view: the working copy of the classifier
+file's `short_side`, resized to its `image_size`, normalised by its `mean` / `std` (metadata
+`RunContext.save_model` writes; the training folder is not rescanned — only for files written
+without them is the run's data rebuilt to read them). A detection run (a `detect` stage) is
+handed to `uniframework.detect.predict`. In place of a run directory, a model file written by
+`uniframework export` (`.onnx`) gives the same rows (`export.OnnxClassifier`, onnxruntime;
+preprocessing from the file's metadata).
 """
 
 from __future__ import annotations
@@ -28,18 +40,22 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from .classnames import class_names
-from .data import make_transform
+from .data import resize_normalize
 from .data.images import IMAGE_EXTENSIONS, UNREADABLE, read_image, working_short_side
 from .discover.labels import REJECTED_NAME
 from .errors import UserError
+from .openset.detector import Detector, run_detector
 from .report import final_stage, open_run
+
+if TYPE_CHECKING:  # export imports this module
+    from .export import OnnxClassifier
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +70,7 @@ COLUMNS = [
     "scores",
     "error",
 ]
+PREPROCESS = ("image_size", "mean", "std", "short_side")  # in every classifier file's metadata
 
 
 def image_paths(inputs: Sequence[str | Path]) -> list[tuple[Path, str | None]]:
@@ -78,12 +95,11 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path]) -> list[dict]:
     """One row per image (see the module docstring); an unreadable file gets `{path, error}`.
     `run_dir` is a run directory or an exported `.onnx` model."""
     paths = image_paths(inputs)
-    classify: Callable[[list[Path], list[torch.Tensor]], list[dict]]
+    classifier: RunClassifier | OnnxClassifier
     if Path(run_dir).suffix.lower() == ".onnx":
         from .export import OnnxClassifier
 
-        onnx = OnnxClassifier(run_dir)
-        classify, image_size = onnx.classify, onnx.meta["preprocess"]["image_size"]
+        classifier = OnnxClassifier(run_dir)
     else:
         ctx, _ = open_run(run_dir)
         if "detect" in (name for name, _ in ctx.cfg.stage_list()):
@@ -94,7 +110,7 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path]) -> list[dict]:
                 f"({ctx.weights_path('supervised')}): predict needs a run with a finished "
                 "`supervised` stage"
             )
-        classify, image_size = partial(_classify, ctx), ctx.cfg.data.image_size
+        classifier = RunClassifier(ctx)
     rows: list[dict] = [{"path": str(p), "error": e} for p, e in paths if e]
     images, ok = [], []
     for p, err in paths:
@@ -102,14 +118,25 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path]) -> list[dict]:
             continue
         try:
             # the working copy a training scan keeps: training and prediction see the same pixels
-            images.append(read_image(p, working_short_side(image_size)))
+            images.append(read_image(p, classifier.short_side))
             ok.append(p)
         except UNREADABLE as e:
             rows.append({"path": str(p), "error": f"cannot read image ({type(e).__name__}: {e})"})
     if images:
-        rows += classify(ok, images)
+        rows += classifier.classify(ok, images)
     order = {str(p): i for i, (p, _) in enumerate(paths)}  # rows in the order given
     return sorted(rows, key=lambda r: order[r["path"]])
+
+
+def preprocessing(ctx, meta: dict) -> dict:
+    """The run's test-view preprocessing (`PREPROCESS`: image_size, mean, std, short_side) from
+    a classifier file's metadata; a file written without them gets them from the run's data,
+    which is rebuilt for it (a scan of the training folder)."""
+    if all(key in meta for key in PREPROCESS):
+        return {key: meta[key] for key in PREPROCESS}
+    size, base = ctx.cfg.data.image_size, ctx.data.test
+    mean, std = [float(v) for v in base.mean], [float(v) for v in base.std]
+    return {"image_size": size, "mean": mean, "std": std, "short_side": working_short_side(size)}
 
 
 @torch.no_grad()
@@ -120,19 +147,61 @@ def _forward(model, batch: torch.Tensor, size: int) -> tuple[torch.Tensor, torch
     return features, model.forward_head(features)
 
 
-def _classify(ctx, paths: list[Path], images: list[torch.Tensor]) -> list[dict]:
-    cfg = ctx.cfg
-    # the run's test-view preprocessing: its dataset's mean / std, resized to image_size
-    tf = make_transform(ctx.data.test, cfg.data.image_size, train=False)
-    batch = torch.stack([tf(img) for img in images])
-    model, meta = ctx.load_classifier("supervised")
-    k = int(meta.get("num_known", model.num_classes))
-    names = class_names(ctx, "supervised", meta)[:k]  # model label order: the known classes
-    features, logits = _forward(model, batch, cfg.data.batch_size)
-    score, unknown = _unknown(ctx.run_dir, features, logits, k)
-    flagged = [] if unknown is None else unknown.nonzero().flatten().tolist()
-    found = dict(zip(flagged, _discovered(ctx, batch[flagged], k) or [], strict=False))
-    return make_rows(paths, names, logits[:, :k].softmax(1), score, unknown, found)
+class RunClassifier:
+    """A run directory's detector and the classifier it reads (the final one for a refitted
+    detector, else the supervised one), loaded once; `classify` gives the module's rows."""
+
+    def __init__(self, ctx) -> None:
+        self.ctx = ctx
+        self.detector, _ = run_detector(ctx.run_dir)
+        self.refitted = self.detector is not None and self.detector.classifier != "supervised"
+        self.stage = self.detector.classifier if self.refitted else "supervised"
+        self.model, self.meta = ctx.load_classifier(self.stage)
+        self.k = int(self.meta.get("num_known", self.model.num_classes))  # known classes
+        self.pre = preprocessing(ctx, self.meta)
+        if not self.refitted and self.detector is not None and final_stage(ctx) == "incremental":
+            log.warning(
+                "this run's unknown detector was fitted before the new classes were learned "
+                "(on the supervised classifier); --restart-from incremental fits it again on "
+                "the final classifier"
+            )
+
+    @property
+    def short_side(self) -> int:
+        return int(self.pre["short_side"])
+
+    def classify(self, paths: list[Path], images: list[torch.Tensor]) -> list[dict]:
+        pre = self.pre
+        tf = resize_normalize(pre["image_size"], pre["mean"], pre["std"])  # the test view
+        batch = torch.stack([tf(img) for img in images])
+        features, logits = _forward(self.model, batch, self.ctx.cfg.data.batch_size)
+        names = class_names(self.ctx, self.stage, self.meta)
+        if self.refitted:
+            n = self.detector.num_known  # every learned class
+            score, unknown = self.detector.decide(features, logits)
+            return learned_rows(paths, names[:n], self.k, logits[:, :n], score, unknown)
+        k = self.k
+        score, unknown = _unknown(self.detector, features, logits, k)
+        flagged = [] if unknown is None else unknown.nonzero().flatten().tolist()
+        found = dict(zip(flagged, _discovered(self.ctx, batch[flagged], k) or [], strict=False))
+        return make_rows(paths, names[:k], logits[:, :k].softmax(1), score, unknown, found)
+
+
+def learned_rows(
+    paths: list[Path],
+    names: list[str],
+    k: int,
+    logits: torch.Tensor,
+    score: torch.Tensor,
+    unknown: torch.Tensor,
+) -> list[dict]:
+    """The rows of a detector refitted on the final classifier: `logits [N, n]` over every
+    learned class (`names`: the k known ones, then the new ones), its scores / decisions `[N]`.
+    An unflagged image is its best learned class (`discovered_class` too when that is a new
+    one); a flagged one is unknown, with no class."""
+    best = logits.argmax(1)
+    new = {i: names[int(b)] for i, b in enumerate(best) if int(b) >= k and not bool(unknown[i])}
+    return make_rows(paths, names, logits.softmax(1), score, unknown, new)
 
 
 def make_rows(
@@ -143,9 +212,10 @@ def make_rows(
     unknown: torch.Tensor | None,
     found: dict[int, str],
 ) -> list[dict]:
-    """The rows of the module docstring from known-class probabilities `[N, k]` (`names`: the k
-    known classes), the detector's scores / decisions `[N]` (None without a detector) and the
-    discovered class name of flagged image i, `found[i]`."""
+    """The rows of the module docstring from class probabilities `[N, m]` (`names`: the m
+    classes), the detector's scores / decisions `[N]` (None without a detector) and the
+    discovered class name of image i, `found[i]` (a flagged image's discovered class, or an
+    unflagged image's new class)."""
     rows = []
     for i, p in enumerate(paths):
         known = names[int(probs[i].argmax())]
@@ -165,12 +235,10 @@ def make_rows(
     return rows
 
 
-def _unknown(run_dir: Path, features: torch.Tensor, logits: torch.Tensor, k: int):
-    """(unknown score [N] or None, is-unknown [N] bool or None) from the saved detector; without
-    one, ORE's explicit "unknown" output decides when the model has one."""
-    from .openset.detector import Detector
-
-    detector = Detector.load(run_dir / "openset")
+def _unknown(detector: Detector | None, features: torch.Tensor, logits: torch.Tensor, k: int):
+    """(unknown score [N] or None, is-unknown [N] bool or None) from the open-set detector on
+    the supervised classifier; without one, ORE's explicit "unknown" output decides when the
+    model has one."""
     if detector is not None:
         return detector.decide(features, logits)
     if logits.shape[1] > k:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .config import load_config
+from .data.images import read_image, working_short_side
 from .discover.labels import (
     LABELS,
     cluster_names,
@@ -160,8 +161,16 @@ def cluster_figure(
     name it (no true class: a person's own pool has none)."""
     from .plotting import plt, save_figure
 
-    data, k, n = ctx.data, int(discovered["num_known"]), int(discovered["num_novel"])
+    k, n = int(discovered["num_known"]), int(discovered["num_novel"])
     index, label = np.asarray(discovered["index"]), np.asarray(discovered["label"])
+    if "paths" in discovered:  # own folders: read the files, never rescan the whole folder
+        files = dict(zip(discovered["index"], discovered["paths"]))
+        side = working_short_side(ctx.cfg.data.image_size)
+
+        def load(i: int):
+            return read_image(files[i], side)
+    else:
+        load = ctx.data.train.load
     names = names or cluster_names(discovered, None)
     fig, axes = plt.subplots(
         n, SAMPLES_PER_CLUSTER, figsize=(1.0 * SAMPLES_PER_CLUSTER + 1.6, 1.15 * n), squeeze=False
@@ -174,8 +183,7 @@ def cluster_figure(
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if col < len(members):
-                i = int(members[col])
-                ax.imshow(data.train.load(i).permute(1, 2, 0).numpy(), interpolation="nearest")
+                ax.imshow(load(int(members[col])).permute(1, 2, 0).numpy(), interpolation="nearest")
         axes[j][0].set_ylabel(
             f"{names[j]}\n{len(members)} images", rotation=0, ha="right", va="center", fontsize=8
         )
@@ -285,22 +293,39 @@ def _pretrain_figures(run_dir: Path) -> list[tuple[Path, str]]:
 
 
 def _pool_line(metrics: dict) -> str:
-    """The unlabelled pool's make-up and the class count (estimated or given), in words."""
+    """What discovery found, in words and a table of the new groups (all without truth), then
+    the pool's make-up and the true count where the run is a benchmark (evaluation)."""
     m = {k.split(".", 1)[1]: v for k, v in metrics.items() if k.startswith("discover.")}
-    parts = []
+    parts, out = [], ""
+    if "unlabelled_images" in m:
+        n = int(m.get("num_novel", 0))
+        how = "estimated" if "num_novel_est" in m else "given"
+        parts.append(
+            f"{m['pool_size']} of {m['unlabelled_images']} unlabelled images look new; we see "
+            f"{n} new kinds ({how})."
+        )
+        rows = [
+            [
+                f"new-{j}",
+                m.get(f"group_{j}_size", 0),
+                m.get(f"group_{j}_confidence", "n/a"),
+                m.get(f"group_{j}_silhouette", "n/a"),
+            ]
+            for j in range(1, n + 1)
+        ]
+        out = _table(["group", "images", "mean confidence", "silhouette"], rows)
     if "unlabelled_known" in m:
         parts.append(
-            f"The unlabelled pool: {m['unlabelled_known']} images of known classes + "
-            f"{m['unlabelled_novel']} of novel ones ({m['unlabelled_novel_share']:.0%} novel); "
-            f"{m.get('pool_size', '?')} went to discovery."
+            f"Evaluation: the unlabelled pool held {m['unlabelled_known']} images of known "
+            f"classes + {m['unlabelled_novel']} of novel ones ({m['unlabelled_novel_share']:.0%} "
+            f"novel), {m.get('num_novel_true')} novel classes."
         )
-    if "num_novel_est" in m:
+    if "test_novel_acc" not in m and "unlabelled_images" in m:
         parts.append(
-            f"Novel classes: {m['num_novel_est']} estimated (truth {m.get('num_novel_true')})."
+            "No clustering accuracy: there are no labelled test images of new classes "
+            "(a test/ folder with class folders beyond the labelled ones gives one)."
         )
-    elif "num_novel" in m:
-        parts.append(f"Novel classes: {m['num_novel']} (given; truth {m.get('num_novel_true')}).")
-    return f"<p>{html.escape(' '.join(parts))}</p>" if parts else ""
+    return (f"<p>{html.escape(' '.join(parts))}</p>" if parts else "") + out
 
 
 def _labels_note(ctx: RunContext, discovered: dict) -> tuple[list[str] | None, str]:

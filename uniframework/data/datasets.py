@@ -305,6 +305,12 @@ def build_datasets(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
             else [train.images[i] for i in keep]
         )
         train = ImageSet(
-            imgs, train.targets[keep], train.classes, train.hflip, train.mean, train.std
+            imgs,
+            train.targets[keep],
+            train.classes,
+            train.hflip,
+            train.mean,
+            train.std,
+            short_side=train.short_side,
         )
     return train, test

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import UnidentifiedImageError
 
 from ..data.datasets import read_image
+from ..data.images import UNREADABLE
 from ..errors import UserError
 
 
@@ -49,7 +49,7 @@ class DetectionSet(torch.utils.data.Dataset):
             return img
         try:
             return read_image(img)
-        except (OSError, UnidentifiedImageError, ValueError) as err:
+        except UNREADABLE as err:
             raise UserError(
                 f"image '{img}' cannot be read ({type(err).__name__}: {err}); replace or "
                 "remove it from the image list"

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import UnidentifiedImageError
 
 from ..data.datasets import read_image
+from ..data.images import UNREADABLE
 from ..errors import UserError
 from ..io import load_matching, load_weights, read_json
 from ..openset.weibull import EnergyWeibullScorer
@@ -56,7 +56,7 @@ def predict_images(
     for p in paths:
         try:
             image = read_image(Path(p))
-        except (OSError, UnidentifiedImageError, ValueError) as err:
+        except UNREADABLE as err:
             log.warning("cannot read %s: %s", p, err)
             out.append({"path": str(p), "error": f"{type(err).__name__}: {err}"})
             continue

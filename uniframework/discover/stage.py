@@ -26,9 +26,8 @@ the heads' partitions of the pool by two criteria that fail in opposite ways
 (`clustering.count_by_consensus`; `estimator` is not used): the silhouette of each partition
 after k-means refines it (a head's balanced partition lags the features), which merges two
 close classes, and the spectral gap at c on a k-nearest-neighbour graph of the features, which
-splits a class with two modes; the best sum of their ranks wins. (Until 2026-12-01 the count
-was the head whose own partition had the best silhouette: 3 for 5 classes on some seeds and
-boxes; BENCHMARKS.md "A count that two criteria agree on".)
+splits a class with two modes; the best sum of their ranks wins (BENCHMARKS.md "A count that
+two criteria agree on").
 Training then goes on with the chosen head as the novel head (`novel_head_from`): it is a
 trained head of the estimated size, so the `max_epochs` after the count can be few.
 Methods (option `method`): `openmix` (OpenMix), `kmeans`, `sinkhorn` (UNO-style head),
@@ -36,14 +35,23 @@ Methods (option `method`): `openmix` (OpenMix), `kmeans`, `sinkhorn` (UNO-style 
 contrastive fine-tuning on labelled + pool images first (`gcd.py`), then the class count and
 semi-supervised k-means on the fine-tuned features).
 
-Writes `discover/discovered.json` (pool indices, their discovered labels k..k+n-1, the
-Hungarian map to true classes used for evaluation, class names) for `incremental` and
-`predict`; `checkpoints/discover.safetensors` (the classifier over known + novel outputs);
-`discover/embedding.png`. Metrics: `novel_acc|nmi|ari` on the pool's truly-novel images,
-`test_novel_acc|nmi|ari` on the test set's novel classes (novel outputs only), `known_acc`;
-`gcd_all_acc|gcd_old_acc|gcd_new_acc` (GCD's v2 accuracy over every unlabelled image: images
-outside a `novel` / `detected` pool keep the supervised model's known class); the unlabelled
-pool's make-up `unlabelled_known|novel|novel_share`.
+Writes `discover/discovered.json` (the grouped pool images' indices, their labels k..k+n-1, the
+names `new-1..new-n`, numbered by size, largest first, never a true class; `mapping`, the
+match of each group to a true class, is evaluation only) for `incremental` and `predict`;
+`discover/groups.csv` (each pool image -> its group and confidence), `discover/features.safetensors`
+(the grouped images' features, for splitting a group on the label page),
+`checkpoints/discover.safetensors` (the classifier over known + novel outputs);
+`discover/embedding.png`.
+Metrics without truth: `unlabelled_images`, `pool_size`, `pool_flagged_share`,
+`pool_new_share`, `num_novel(_est)`, the count criteria `count_score_c` / `count_gap_c`, and per
+group `group_<j>_size|confidence|silhouette`. Evaluation, each only where its truth exists:
+`novel_acc|nmi|ari` on the pool's truly-novel images and `gcd_all_acc|gcd_old_acc|gcd_new_acc`
+(GCD's v2 accuracy over every unlabelled image: images outside a `novel` / `detected` pool keep
+the supervised model's known class), the pool's make-up `unlabelled_known|novel|novel_share`
+(benchmarks: the split's hidden classes); `test_novel_acc|nmi|ari` on the test set's novel
+classes (novel outputs only), `known_acc` (the test set, also a person's test/ folder).
+A person's own folders (no truth): `pool` defaults to `detected` and `num_novel` to `auto`;
+`pool: novel` and `num_novel: null` are refused.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ from pydantic import Field
 from ..config import Section
 from ..data.splits import UNKNOWN
 from ..errors import UserError
-from ..io import write_json
+from ..io import save_weights, write_json
 from ..models import Classifier, grow_head, shrink_head
 from ..registry import STAGES
 from ..training import extract, fit, make_trainer
@@ -75,8 +83,8 @@ from .clustering import (
     semi_supervised_kmeans,
 )
 from .gcd import centre_head
+from .groups import evaluate, group_diagnostics, order_by_size, write_groups
 from .labels import cluster_name
-from .metrics import clustering_metrics, gcd_accuracy, hungarian_mapping
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +155,7 @@ class DiscoverStage:
         metrics: dict[str, float] = {
             "pool_size": int(keep.sum()),
             "pool_flagged_share": float(keep.float().mean()),  # truth-free
+            "unlabelled_images": len(keep),
         }
         if truth is not None:  # evaluation
             metrics["pool_novel_fraction"] = float((truth[keep.numpy()] >= k).mean())
@@ -247,8 +256,8 @@ class DiscoverStage:
                 return {}
         if rank_zero_only.rank != 0:
             return {}
-        pool_logits = extract(model, data.loader(_pool_view(data, pool["index"].numpy())))
-        pool_logits = pool_logits["logits"]
+        final = extract(model, data.loader(_pool_view(data, pool["index"].numpy())))
+        pool_logits = final["logits"]
         has_test = len(split.test) > 0  # a person's folders may have no test/
         test = extract(model, data.loader(data.view("test"))) if has_test else None
         novel_test = test["labels"] >= k if has_test else torch.zeros(0, dtype=torch.bool)
@@ -287,7 +296,18 @@ class DiscoverStage:
             "mapping": {str(k + j): mapping.get(k + j) for j in range(n)},
             "class_names": [cluster_name(k + j, k) for j in range(n)],
         }
+        paths = getattr(data.train, "paths", None)  # own folders: each grouped image's file
+        if paths is not None:
+            discovered["paths"] = [str(paths[i]) for i in discovered["index"]]
         write_json(ctx.run_dir / "discover" / "discovered.json", discovered)
+        grouped = torch.from_numpy(new)
+        # the final model's features of the grouped images, so the label page can split a
+        # group without loading a model: [len(discovered index), D], in discovered's order
+        save_weights(
+            ctx.run_dir / "discover" / "features.safetensors",
+            {"index": final["index"][grouped], "features": final["features"][grouped]},
+            {"num_known": k, "num_novel": n},
+        )
         ctx.save_model("discover", model, num_known=k, num_novel=n)
         if opts.figures and has_test:
             from .figures import embedding_figure
@@ -334,101 +354,6 @@ def options_for(opts: DiscoverOptions, data) -> DiscoverOptions:
         )
     update = {k: v for k, v in (("pool", "detected"), ("num_novel", "auto")) if k not in given}
     return opts.model_copy(update=update)
-
-
-def order_by_size(model: Classifier, k: int, n: int, pred: np.ndarray) -> np.ndarray:
-    """Renumber the n new groups by size, largest first: the head's rows k.. are reordered in
-    place; returns `rank` [n], the new position of group j (`pred`: model labels, new >= k)."""
-    sizes = np.bincount(pred[pred >= k] - k, minlength=n)
-    order = np.argsort(-sizes, kind="stable")
-    with torch.no_grad():
-        model.head.weight[k : k + n] = model.head.weight[k : k + n][torch.from_numpy(order)]
-        model.head.bias[k : k + n] = model.head.bias[k : k + n][torch.from_numpy(order)]
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
-    return rank
-
-
-def group_diagnostics(
-    features: torch.Tensor, pred: np.ndarray, confidence: np.ndarray, k: int, n: int
-) -> dict[str, float]:
-    """What can be known without truth, per new group j (`group_<j+1>_*`): its size, the mean
-    confidence (top softmax probability) of its images and their mean silhouette (cosine) on
-    the features; `pool_new_share`: the share of the chosen pool given to some new group."""
-    from sklearn.metrics import silhouette_samples
-
-    new = pred >= k
-    out: dict[str, float] = {"pool_new_share": float(new.mean()) if len(new) else 0.0}
-    sil = np.full(len(pred), np.nan)
-    if len(np.unique(pred[new])) >= 2 and new.sum() > len(np.unique(pred[new])):
-        sil[new] = silhouette_samples(features[new].numpy(), pred[new], metric="cosine")
-    for j in range(n):
-        members = pred == k + j
-        out[f"group_{j + 1}_size"] = int(members.sum())
-        if members.any():
-            out[f"group_{j + 1}_confidence"] = float(confidence[members].mean())
-            if not np.isnan(sil[members]).all():
-                out[f"group_{j + 1}_silhouette"] = float(np.nanmean(sil[members]))
-    return out
-
-
-def write_groups(ctx, data, index: np.ndarray, pred: np.ndarray, confidence: np.ndarray, k: int):
-    """`discover/groups.csv`: each image of the chosen pool -> its group (`new-<j>`, or the
-    known class it was given) and the confidence; the file path where the images came from
-    files, else the train-set index."""
-    import csv
-
-    names = data.class_names[:k]
-    paths = getattr(data.train, "paths", None)
-    out = ctx.run_dir / "discover" / "groups.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "group", "confidence"])
-        order = np.lexsort((-confidence, pred))
-        for i in order:
-            j = int(index[i])
-            where = str(paths[j]) if paths is not None else str(j)
-            group = names[pred[i]] if pred[i] < k else cluster_name(int(pred[i]), k)
-            w.writerow([where, group, f"{confidence[i]:.4f}"])
-    tmp.replace(out)
-
-
-def evaluate(data, pool_all, keep, pool_pred, test, test_pred, k: int) -> dict:
-    """The evaluation metrics (see the module docstring), each only where its truth exists:
-    the pool's hidden classes (benchmark) for `gcd_*`, `novel_*`; the test set's classes for
-    `test_novel_*`, `known_acc`. `mapping`: cluster -> true class, from the pool's truth, else
-    from the test's novel classes (each absent when that truth is)."""
-    metrics: dict = {}
-    truth = data.pool_truth(pool_all["index"].numpy())
-    if test is None:  # no test folder: nothing to evaluate on
-        test = {"labels": torch.zeros(0, dtype=torch.long), "logits": torch.zeros(0, k)}
-    novel_test = (test["labels"] >= k).numpy()
-    if novel_test.any():
-        on_test = clustering_metrics(test["labels"].numpy()[novel_test], test_pred)
-        metrics.update({f"test_novel_{m}": v for m, v in on_test.items()})
-    if (~novel_test).any():
-        known = torch.from_numpy(~novel_test)
-        right = test["logits"][known][:, :k].argmax(1) == test["labels"][known]
-        metrics["known_acc"] = float(right.float().mean())
-    if truth is None:
-        novel = test["labels"].numpy()[novel_test]
-        metrics["mapping"] = hungarian_mapping(novel, test_pred + k) if len(novel) else {}
-        return metrics
-    # GCD v2 accuracy over the whole unlabelled pool: the rest keep their known class
-    every = pool_all["logits"][:, :k].argmax(1).numpy()
-    every[keep.numpy()] = pool_pred
-    gcd = gcd_accuracy(truth, every, k)
-    # (a part with no images, e.g. old classes in a pool of novel ones, is left out)
-    metrics.update({f"gcd_{part}_acc": v for part, v in gcd.items() if v == v})
-    new = pool_pred >= k  # the images given to a new class
-    pool_truth = truth[keep.numpy()][new]
-    novel_pool = pool_truth >= k
-    on_pool = clustering_metrics(pool_truth[novel_pool], pool_pred[new][novel_pool] - k)
-    metrics.update({f"novel_{m}": v for m, v in on_pool.items()})
-    metrics["mapping"] = hungarian_mapping(pool_truth[novel_pool], pool_pred[new][novel_pool])
-    return metrics
 
 
 def select_pool(ctx, opts, pool: dict, truth: np.ndarray | None, k: int) -> torch.Tensor:

@@ -10,12 +10,15 @@ model is scored on the test images of every class seen so far (the accuracy matr
 Writes, per learner, `checkpoints/incremental/<learner>/task<t>.{safetensors,json}` (a cut-off
 run resumes at the first task without its json; a task cut off mid-training resumes from its
 `task<t>/last.ckpt`; each task draws from its own seed, so a resumed run ends as an uninterrupted
-one); for the main learner `checkpoints/incremental.safetensors` (for
-`predict`), `checkpoints/incremental_nme.safetensors` (class means, memory learners),
+one); for the main learner `checkpoints/incremental.safetensors` (for `predict`),
+`checkpoints/incremental_nme.safetensors` (class means, memory learners),
 `incremental/memory.json`, `incremental/results.json`, `incremental/accuracy.png`,
-`incremental/matrix.png`. With classes named on the label page (`discover/labels.json`), the
-metrics add `named_classes`, `merged_clusters`, `rejected_clusters`, and the checkpoint's
-metadata and `results.json` the labels file's `sha256` (the report says which labels were used).
+`incremental/matrix.png`, and, with an `openset` stage in the config, its unknown detector
+fitted again on the final classifier over every learned class (`incremental/detector/`,
+`detector.py`; what `predict` and `export` use). With classes named on the label page
+(`discover/labels.json`), the metrics add `named_classes`, `merged_clusters`,
+`rejected_clusters`, and the checkpoint's metadata and `results.json` the labels file's
+`sha256` (the report says which labels were used).
 
 DDP: training runs on every rank; features, herding and scoring run on rank 0, which writes
 each task's weights and memory; the other ranks wait at a barrier and read them back.
@@ -41,6 +44,7 @@ from ..io import load_matching, load_weights, read_json, save_weights, write_jso
 from ..models import Classifier, build_classifier, grow_head, shrink_head
 from ..registry import STAGES
 from ..training import extract, fit, make_trainer
+from .detector import refit_detector
 from .learners import Learner, LearnerName, get_learner
 from .memory import ExemplarMemory
 from .metrics import final_accuracies, seen_accuracy, summarize, task_accuracies
@@ -270,7 +274,10 @@ class IncrementalStage:
             results[name] = res
         if rank_zero_only.rank != 0:
             return {}
-        return _report(ctx, opts, plan, results)
+        metrics = _report(ctx, opts, plan, results)
+        # the world is still open: the unknown detector, fitted again on the final classifier
+        model = results[opts.learner]["model"]
+        return metrics | refit_detector(ctx, model, plan, _device(ctx))
 
 
 def _report(ctx, opts, plan: TaskPlan, results: dict) -> dict[str, float]:

@@ -9,8 +9,9 @@
   is mapped to its discovered label through the inverse of the Hungarian `mapping`; a class no
   cluster was matched to gets UNMATCHED (always wrong).
   When a person named the clusters (`discover/labels.json`, the label page), the named classes
-  replace the clusters: merged clusters are one class, rejected ones are left out
-  (`discover/labels.py`); a merged class is right for the true class of any of its clusters.
+  replace the clusters: merged clusters are one class, rejected ones are left out, each part
+  of a split cluster is learned as the class it was given (`discover/labels.py`); a merged
+  class is right for the true class of any of its clusters.
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ def plan_from_discover(data: OpenWorldData, path: Path) -> TaskPlan:
             "named_classes": n,
             "merged_clusters": sum(len(c) for c in disc["clusters"].values()) - n,
             "rejected_clusters": len(disc["rejected"]),
+            "split_clusters": len(disc.get("splits", {})),
         }
     return TaskPlan(
         k,

@@ -1,9 +1,14 @@
 """The saved unknown detector: one fitted scorer and its decision rule.
 
-Written by the `openset` stage, read by `discover` (`pool: detected`) and `predict`:
-- `openset/detector.json`: name, number of known classes, threshold, the scorer's numbers;
+Written by the `openset` stage, read by `discover` (`pool: detected`), `predict` and `export`:
+- `openset/detector.json`: name, number of known classes, threshold, the scorer's numbers, the
+  classifier it reads (`classifier`: "supervised");
 - `openset/detector.safetensors`: the scorer's tensors, when it has any (Mahalanobis class means
   and whitening matrix, the KNN feature bank).
+The `incremental` stage fits the same kind again on its final classifier, over every class it
+learned (ORE refits its unknown identifier after each task): `incremental/detector/`, same files,
+`classifier`: "incremental". `predict` and `export` read that one when it exists
+(`run_detector`), else the open-set one.
 
 Decision rule. Energy + Weibull decides by its own Weibull fits (ORE). Every other scorer calls a
 sample unknown when its score is above the `KEEP_KNOWN` (0.95) quantile of its scores on held-out
@@ -24,6 +29,8 @@ from ..io import load_weights, read_json, save_weights, write_json
 from .scores import SCORERS, Scorer
 
 KEEP_KNOWN = 0.95
+OPENSET_DIR = Path("openset")
+REFIT_DIR = Path("incremental") / "detector"  # fitted on the final (incremental) classifier
 
 
 def known_threshold(known_scores: Tensor, keep: float = KEEP_KNOWN) -> float:
@@ -33,23 +40,30 @@ def known_threshold(known_scores: Tensor, keep: float = KEEP_KNOWN) -> float:
 
 @dataclass
 class Detector:
-    """A fitted scorer over the first `num_known` logits; `threshold` None = the scorer decides
-    itself (`predict_unknown`, energy + Weibull)."""
+    """A fitted scorer over the first `num_known` logits of the stage `classifier`'s model;
+    `threshold` None = the scorer decides itself (`predict_unknown`, energy + Weibull)."""
 
     name: str
     scorer: Scorer
     num_known: int
     threshold: float | None
+    classifier: str = "supervised"  # the stage whose classifier gives the features / logits
 
     @classmethod
     def fit(
-        cls, name: str, scorer: Scorer, num_known: int, val_features: Tensor, val_logits: Tensor
+        cls,
+        name: str,
+        scorer: Scorer,
+        num_known: int,
+        val_features: Tensor,
+        val_logits: Tensor,
+        classifier: str = "supervised",
     ) -> Detector:
         """`scorer` already fitted; the threshold comes from held-out *known* images."""
         if hasattr(scorer, "predict_unknown"):
-            return cls(name, scorer, num_known, None)
+            return cls(name, scorer, num_known, None, classifier)
         known = scorer.score(val_features, val_logits[:, :num_known])
-        return cls(name, scorer, num_known, known_threshold(known))
+        return cls(name, scorer, num_known, known_threshold(known), classifier)
 
     def score(self, features: Tensor | None, logits: Tensor) -> Tensor:
         """`[N]`, higher = more unknown."""
@@ -76,6 +90,7 @@ class Detector:
             {
                 "name": self.name,
                 "num_known": self.num_known,
+                "classifier": self.classifier,
                 "threshold": self.threshold,
                 "keep_known": KEEP_KNOWN if self.threshold is not None else None,
                 "state": {k: v for k, v in state.items() if k not in tensors},
@@ -107,4 +122,16 @@ class Detector:
                 )
             state.update(tensors)
         scorer = SCORERS[info["name"]].from_state_dict(state)
-        return cls(info["name"], scorer, int(info["num_known"]), info["threshold"])
+        classifier = info.get("classifier", "supervised")  # files from before the refit
+        return cls(info["name"], scorer, int(info["num_known"]), info["threshold"], classifier)
+
+
+def run_detector(run_dir: Path) -> tuple[Detector | None, Path]:
+    """The detector `predict` and `export` use, and its folder: the one refitted on the final
+    classifier (`incremental/detector/`) when the run has it, else the open-set stage's (None
+    when there is neither)."""
+    for sub in (REFIT_DIR, OPENSET_DIR):
+        detector = Detector.load(Path(run_dir) / sub)
+        if detector is not None:
+            return detector, Path(run_dir) / sub
+    return None, Path(run_dir) / OPENSET_DIR
