@@ -1,6 +1,8 @@
 """`uniframework export` on the tiny run: onnxruntime gives PyTorch's outputs and decisions
-(within 1e-4) on its test images for every detector, `predict model.onnx` gives the rows of
-`predict RUN_DIR`, the Weibull closed form is scipy's, and bad input exits 2."""
+(within 1e-4) on its test images for every detector — the one refitted on the final classifier,
+and an older run's open-set one on the supervised classifier —, `predict model.onnx` gives the
+rows of `predict RUN_DIR` (noise included), export reads no data, the Weibull closed form is
+scipy's, and bad input exits 2."""
 
 from __future__ import annotations
 
@@ -15,13 +17,20 @@ from scipy.stats import weibull_min
 
 from uniframework import export
 from uniframework.cli import main
-from uniframework.openset.detector import Detector
+from uniframework.data import OpenWorldData
+from uniframework.openset.detector import REFIT_DIR, Detector
 from uniframework.openset.scores import make_scorer
 from uniframework.openset.weibull import EnergyWeibullScorer, WeibullIdentifier, WeibullParams
+from uniframework.predict import predict
 from uniframework.report import open_run
 from uniframework.training import extract
 
-from .test_predict import images  # noqa: F401  (fixtures; pytest finds them by name)
+from .test_predict import (  # noqa: F401  (fixtures; pytest finds them by name)
+    images,
+    learned_images,
+    learned_run,
+    without_refit,
+)
 from .test_report import tiny_run  # noqa: F401
 
 pytest.importorskip("onnx", reason="the `export` extra: pip install -e '.[export]'")
@@ -59,18 +68,44 @@ def _run(session, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def test_onnx_outputs_match_pytorch(tiny_run, exported, run_test_images):  # noqa: F811
+    """The refitted detector reads the final classifier: `known_logits` are its logits over
+    every learned class, the decision its detector's on its features / logits."""
     ctx, _ = open_run(tiny_run)
-    x, sup = run_test_images
+    x, _ = run_test_images
     got = _run(ort.InferenceSession(str(exported)), {"image": x})
     final, _ = ctx.load_classifier("incremental")  # the tiny run's final classifier
     ref = extract(final, ctx.data.loader(ctx.data.view("test")))
+    detector = Detector.load(tiny_run / REFIT_DIR)
+    n = detector.num_known
+    score, unknown = detector.decide(ref["features"], ref["logits"])
+    assert n == final.num_classes > ctx.data.split.num_known
+    torch.testing.assert_close(got["logits"], ref["logits"], **TOL)
+    torch.testing.assert_close(got["features"], ref["features"], **TOL)
+    torch.testing.assert_close(got["known_logits"], ref["logits"][:, :n], **TOL)
+    torch.testing.assert_close(got["unknown_score"], score, **SCORE_TOL)
+    assert torch.equal(got["is_unknown"], unknown) and 0 < int(unknown.sum()) < len(unknown)
+
+
+def test_an_older_run_exports_both_classifiers(tiny_run, run_test_images, tmp_path):  # noqa: F811
+    """A run without the refitted detector: the open-set detector on the supervised classifier
+    (its known logits), the final classifier's logits beside it."""
+    old = without_refit(tiny_run, tmp_path / "old")
+    out = export.export_run(old, tmp_path / "old.onnx")
+    ctx, _ = open_run(old)
+    x, sup = run_test_images
+    got = _run(ort.InferenceSession(str(out)), {"image": x})
+    final, _ = ctx.load_classifier("incremental")
+    ref = extract(final, ctx.data.loader(ctx.data.view("test")))
     k = ctx.data.split.num_known
-    score, unknown = Detector.load(tiny_run / "openset").decide(sup["features"], sup["logits"])
+    score, unknown = Detector.load(old / "openset").decide(sup["features"], sup["logits"])
     torch.testing.assert_close(got["logits"], ref["logits"], **TOL)
     torch.testing.assert_close(got["features"], ref["features"], **TOL)
     torch.testing.assert_close(got["known_logits"], sup["logits"][:, :k], **TOL)
     torch.testing.assert_close(got["unknown_score"], score, **SCORE_TOL)
     assert torch.equal(got["is_unknown"], unknown) and 0 < int(unknown.sum()) < len(unknown)
+    meta = export.OnnxClassifier(out).meta
+    assert meta["detector_on"] == "supervised"
+    assert meta["preprocess"]["mean"] == list(ctx.data.test.mean)  # from the rebuilt data
 
 
 def test_metadata_holds_class_names_detector_and_preprocessing(tiny_run, exported):  # noqa: F811
@@ -81,12 +116,14 @@ def test_metadata_holds_class_names_detector_and_preprocessing(tiny_run, exporte
     assert meta["known_class_names"] == ctx.data.class_names[:k]
     incremental = ctx.load_classifier("incremental")[1]["model_class_names"][k:]
     assert meta["new_class_names"] == incremental and meta["final_stage"] == "incremental"
-    saved = json.loads((tiny_run / "openset/detector.json").read_text())
+    assert meta["detector_on"] == "incremental"
+    saved = json.loads((tiny_run / REFIT_DIR / "detector.json").read_text())
     assert meta["detector"]["name"] == "energy_weibull" == meta["detector"]["rule"]
     assert meta["detector"]["state"] == saved["state"]  # the Weibull fits, T, alpha
     pre = meta["preprocess"]
     assert pre["image_size"] == ctx.cfg.data.image_size
     assert pre["mean"] == list(ctx.data.test.mean) and pre["std"] == list(ctx.data.test.std)
+    assert pre["short_side"] == 19  # working_short_side(16): the copy training kept
 
 
 def test_predict_with_the_onnx_file_gives_the_same_rows(tiny_run, exported, images, capsys):  # noqa: F811
@@ -98,6 +135,10 @@ def test_predict_with_the_onnx_file_gives_the_same_rows(tiny_run, exported, imag
     by_run, by_onnx = rows[tiny_run], rows[exported]
     assert len(by_onnx) == len(truth) + 1  # the corrupt PNG gets its error row too
     assert any(r.get("is_unknown") for r in by_run) and not all(r.get("is_unknown") for r in by_run)
+    _same_rows(by_run, by_onnx)
+
+
+def _same_rows(by_run: list[dict], by_onnx: list[dict]) -> None:
     for a, b in zip(by_run, by_onnx, strict=True):
         for key in ("path", "error", "prediction", "known_class", "is_unknown", "discovered_class"):
             assert a.get(key) == b.get(key), (key, a, b)
@@ -105,6 +146,31 @@ def test_predict_with_the_onnx_file_gives_the_same_rows(tiny_run, exported, imag
             assert b["unknown_score"] == pytest.approx(a["unknown_score"], abs=2e-4, rel=1e-4)
             assert b["known_prob"] == pytest.approx(a["known_prob"], abs=2e-4)
             assert b["scores"] == pytest.approx(a["scores"], abs=2e-4)
+
+
+def test_onnx_decides_as_predict_after_incremental(learned_run, learned_images, tmp_path):  # noqa: F811
+    """The learned run's model file (KNN refitted on the final classifier): noise unknown with no
+    class, digits their learned class, row for row as `predict RUN_DIR`."""
+    folder, _, noise = learned_images
+    out = export.export_run(learned_run, tmp_path / "learned.onnx")
+    by_run, by_onnx = predict(learned_run, [folder, *noise]), predict(out, [folder, *noise])
+    _same_rows(by_run, by_onnx)
+    assert all(r["prediction"] == "unknown" for r in by_onnx[-len(noise) :])
+    assert sum(r["prediction"] != "unknown" for r in by_onnx) > len(by_onnx) / 2
+
+
+def test_export_reads_no_data(learned_run, learned_images, tmp_path, monkeypatch):  # noqa: F811
+    """Export takes preprocessing and class names from the classifier files, never the run's
+    data (a scan of the training folder); its model predicts as the run does."""
+    folder, _, noise = learned_images
+    want = predict(learned_run, [folder, *noise])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("export rebuilt the run's data")
+
+    monkeypatch.setattr(OpenWorldData, "build", classmethod(refuse))
+    out = export.export_run(learned_run, tmp_path / "model.onnx")
+    _same_rows(want, predict(out, [folder, *noise]))
 
 
 def _fitted(name: str, ctx, k: int) -> Detector:

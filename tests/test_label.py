@@ -170,8 +170,10 @@ def test_a_person_names_merges_rejects_and_incremental_learns_it(
     assert matrix.trace() / matrix.sum() == pytest.approx(metrics["incremental.all_acc"])
     pool = read_json(run_copy / "discover/discovered.json")
     rows = _predict_pool_images(run_copy, pool["index"][:20], tmp_path)
+    # every row scores the new classes by their names; a row given a new class names it
+    assert all(list(r["scores"])[k:] == names for r in rows)
     found = {r["discovered_class"] for r in rows} - {None}
-    assert found and found <= set(names), found
+    assert found <= set(names), found
     page = write_report(run_copy).read_text()
     assert "Named on the label page (labels.json): 3 classes: alpha (new-1 + new-2)" in page
     assert "Rejected as noise: new-4." in page and "learned these classes" in page
@@ -198,8 +200,8 @@ def test_the_server_answers_only_its_own_page(run_copy):
     base = f"http://127.0.0.1:{port}"
     token = server.RequestHandlerClass.keywords["page"].token
 
-    def post(body: bytes, headers: dict) -> tuple[int, dict]:
-        req = urllib.request.Request(f"{base}/labels", body, headers, method="POST")
+    def post(body: bytes, headers: dict, path: str = "labels") -> tuple[int, dict]:
+        req = urllib.request.Request(f"{base}/{path}", body, headers, method="POST")
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, json.loads(r.read())
@@ -217,6 +219,7 @@ def test_the_server_answers_only_its_own_page(run_copy):
         # another site's page posting here (no token), or a request to another host name
         assert post(body, {})[0] == 403
         assert post(body, {"X-Label-Token": token, "Host": "evil.example"})[0] == 403
+        assert post(b'{"cluster": 5, "parts": 2}', {}, "split")[0] == 403
         status, out = post(b"{not json", {"X-Label-Token": token})
         assert status == 400 and "no valid JSON" in out["errors"][0]
         assert not (run_copy / "discover/labels.json").exists()

@@ -1,22 +1,91 @@
-"""`uniframework predict` on the tiny run: CSV / JSON rows per image, known classes mostly
-right, unreadable files get an error row (exit 0), nothing predictable or no run dir exits 2."""
+"""`uniframework predict` on the tiny run: CSV / JSON rows per image, unreadable files get an
+error row (exit 0), nothing predictable or no run dir exits 2. On a run whose incremental stage
+refitted the unknown detector on its final classifier (`learned_run`): the detector covers every
+learned class, noise is unknown with no class, digits get their class; predict reads no data."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from uniframework.cli import main
-from uniframework.io import read_json
+from uniframework.config import load_config
+from uniframework.data import OpenWorldData
+from uniframework.io import load_weights, read_json, save_weights
+from uniframework.openset.detector import REFIT_DIR, Detector
+from uniframework.openset.scores import make_scorer
+from uniframework.pipeline import run
+from uniframework.predict import PREPROCESS, predict
 from uniframework.report import open_run
+from uniframework.training import extract
 
+from .conftest import TINY
 from .test_report import tiny_run  # noqa: F401  (the shared run; pytest finds it by name)
 
 PER_CLASS = 5
+# supervised -> openset (KNN on the features) -> incremental (ORE, the split's 5 new digits) on
+# 8 px digits, ~35 s: ~0.88 accuracy over all 10 classes. KNN, because it flags uniform noise
+# (features far from every digit); energy scores call noise *confident* on these tiny models.
+LEARNED_RUN = [
+    *TINY,
+    "data.num_known=5",
+    "data.num_tasks=2",
+    "trainer.max_epochs=6",
+    "stages=[{supervised: {lr: 0.003}}, "
+    "{openset: {detector: knn, scorers: [knn], figures: false}}, "
+    "{incremental: {source: split, learner: ore, memory: 100, epochs: 6, lr: 0.005, "
+    "figures: false}}]",
+]
+
+
+@pytest.fixture(scope="session")
+def learned_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.getbasetemp() / "learned_run"
+    run(load_config(None, LEARNED_RUN), out)
+    return out
+
+
+def save_test_images(run_dir: Path, folder: Path, per_class: int) -> dict[str, str]:
+    """`per_class` PNG test images of every class of the run's split into `folder`; returns
+    {png name: true class name}."""
+    ctx, _ = open_run(run_dir)
+    data = ctx.data
+    labels = data.split.remap(data.test.targets[data.split.test])
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for c in range(len(data.class_names)):
+        for n, j in enumerate(np.flatnonzero(labels == c)[:per_class]):
+            pixels = data.test.load(int(data.split.test[j])).permute(1, 2, 0).numpy()
+            Image.fromarray(pixels).save(folder / f"class{c}_{n}.png")
+            truth[f"class{c}_{n}.png"] = data.class_names[c]
+    return truth
+
+
+def save_noise(folder: Path, count: int = 6) -> list[Path]:
+    """`count` PNGs of uniform RGB noise, of a few sizes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        h, w = [(8, 8), (16, 16), (40, 30)][i % 3]
+        paths.append(folder / f"noise{i}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def learned_images(learned_run, tmp_path_factory):
+    """(digits folder, {name: true class}, noise PNGs) for `learned_run`."""
+    base = tmp_path_factory.mktemp("learned_images")
+    truth = save_test_images(learned_run, base / "digits", PER_CLASS)
+    return base / "digits", truth, save_noise(base / "noise")
 
 
 @pytest.fixture
@@ -51,23 +120,21 @@ def test_predict_csv_rows(tiny_run, images, tmp_path):  # noqa: F811
     assert all("cannot read image" in r["error"] and not r["prediction"] for r in bad.values())
     good = [r for r in rows if not r["error"]]
     assert len(good) == len(truth)
-    ctx, _ = open_run(tiny_run)
-    known = ctx.data.class_names[: ctx.data.split.num_known]
-    discovered = read_json(tiny_run / "discover/discovered.json")["class_names"]
+    # the detector was refitted on the final classifier: rows name any learned class
+    _, meta = load_weights(tiny_run / "checkpoints/incremental.safetensors")
+    learned, k = meta["model_class_names"], meta["num_known"]
     for r in good:
         scores = json.loads(r["scores"])
-        assert list(scores) == known and sum(scores.values()) == pytest.approx(1, abs=1e-3)
+        assert list(scores) == learned and sum(scores.values()) == pytest.approx(1, abs=1e-3)
         assert r["known_class"] == max(scores, key=scores.get)
         assert float(r["known_prob"]) == max(scores.values())
         assert r["is_unknown"] in ("true", "false") and r["unknown_score"]  # energy + Weibull
-        if r["is_unknown"] == "true":  # a discover stage ran: flagged rows get its class
-            assert r["discovered_class"] in discovered and r["prediction"] == r["discovered_class"]
-        else:  # known: the known class, no discovered class
-            assert r["discovered_class"] == "" and r["prediction"] == r["known_class"]
-    # known-class images: mostly their class (the tiny model scores ~0.8 on the test set)
-    on_known = [r for r in good if truth[r["path"].split("/")[-1]] in known]
-    right = [r["known_class"] == truth[r["path"].split("/")[-1]] for r in on_known]
-    assert len(on_known) == PER_CLASS * len(known) and np.mean(right) >= 0.6, right
+        if r["is_unknown"] == "true":  # unknown: no class at all
+            assert r["prediction"] == "unknown" and r["discovered_class"] == ""
+        else:  # the learned class; a new one is also its discovered class
+            assert r["prediction"] == r["known_class"]
+            new = r["known_class"] in learned[k:]
+            assert r["discovered_class"] == (r["known_class"] if new else "")
 
 
 def test_predict_json_to_stdout(tiny_run, images, capsys):  # noqa: F811
@@ -112,60 +179,146 @@ def test_detection_runs_go_to_the_detect_module(tiny_run, images, tmp_path, monk
 
 
 def test_feature_detectors_decide_in_predict(tiny_run, images, tmp_path, capsys):  # noqa: F811
-    """A run whose saved detector is KNN (features, a 95%-of-knowns threshold): predict scores
-    the images' features with it and calls unknown exactly above the threshold."""
-    import shutil
-
-    from uniframework.openset.detector import Detector
-    from uniframework.openset.scores import make_scorer
-    from uniframework.training import extract
-
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    ctx, _ = open_run(run)
-    model, _ = ctx.load_classifier("supervised")
-    k = ctx.data.split.num_known
+    """A run whose refitted detector is KNN (features, a 95%-of-knowns threshold): predict scores
+    the images' final-classifier features with it and calls unknown exactly above the
+    threshold."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    ctx, _ = open_run(run_dir)
+    model, meta = ctx.load_classifier("incremental")
+    n = meta["num_classes"]
     train = extract(model, ctx.data.loader(ctx.data.view("labelled")))
-    scorer = make_scorer("knn", k=5).fit(train["features"], train["logits"][:, :k], train["labels"])
-    detector = Detector.fit("knn", scorer, k, train["features"], train["logits"])
-    detector.save(run / "openset")
+    scorer = make_scorer("knn", k=5).fit(train["features"], train["logits"], train["labels"])
+    detector = Detector.fit("knn", scorer, n, train["features"], train["logits"], "incremental")
+    detector.save(run_dir / REFIT_DIR)
     folder, _, truth = images
-    assert main(["predict", str(run), str(folder), "--format", "json"]) == 0
+    assert main(["predict", str(run_dir), str(folder), "--format", "json"]) == 0
     rows = [r for r in json.loads(capsys.readouterr().out) if "error" not in r]
     assert len(rows) == len(truth)
     for r in rows:
         assert r["is_unknown"] == (r["unknown_score"] > detector.threshold), r
 
 
+def without_refit(run_dir: Path, out: Path) -> Path:
+    """A copy of `run_dir` as a run finished before the incremental stage refitted the
+    detector and before classifier files held their preprocessing (`PREPROCESS`)."""
+    shutil.copytree(run_dir, out)
+    shutil.rmtree(out / REFIT_DIR)
+    for path in (out / "checkpoints").glob("*.safetensors"):
+        state, meta = load_weights(path)
+        save_weights(path, state, {k: v for k, v in meta.items() if k not in PREPROCESS})
+    return out
+
+
 def test_only_flagged_rows_carry_a_discovered_class(tiny_run, images, tmp_path, capsys):  # noqa: F811
-    """With a detector that flags about half the images (energy, threshold at the median score):
+    """A run without the refitted detector (the open-set one, on the supervised classifier),
+    with a detector that flags about half the images (energy, threshold at the median score):
     unflagged rows show their known class and no discovered class; flagged rows show the
     discovered class of the run's final (incremental) classifier."""
-    import shutil
-
-    from uniframework.openset.detector import Detector
-    from uniframework.openset.scores import make_scorer
-
-    run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    k = open_run(run)[0].data.split.num_known
+    run_dir = without_refit(tiny_run, tmp_path / "run")
+    k = open_run(run_dir)[0].data.split.num_known
     folder, _, truth = images
     scorer = make_scorer("energy", temperature=1.0)
     detector = Detector("energy", scorer, k, threshold=1e9)  # flags nothing
-    detector.save(run / "openset")
-    assert main(["predict", str(run), str(folder), "--format", "json"]) == 0
+    detector.save(run_dir / "openset")
+    assert main(["predict", str(run_dir), str(folder), "--format", "json"]) == 0
     rows = [r for r in json.loads(capsys.readouterr().out) if "error" not in r]
     assert not any(r["is_unknown"] or r["discovered_class"] for r in rows)
     detector.threshold = float(np.median([r["unknown_score"] for r in rows]))
-    detector.save(run / "openset")
-    assert main(["predict", str(run), str(folder), "--format", "json"]) == 0
+    detector.save(run_dir / "openset")
+    assert main(["predict", str(run_dir), str(folder), "--format", "json"]) == 0
     rows = [r for r in json.loads(capsys.readouterr().out) if "error" not in r]
     assert len(rows) == len(truth)
     flagged = [r for r in rows if r["is_unknown"]]
     kept = [r for r in rows if not r["is_unknown"]]
     assert flagged and kept
-    discovered = read_json(run / "discover/discovered.json")["class_names"]
+    discovered = read_json(run_dir / "discover/discovered.json")["class_names"]
+    known = open_run(run_dir)[0].data.class_names[:k]
+    for r in rows:
+        assert list(r["scores"]) == known  # the supervised classifier's known classes
     for r in kept:
         assert r["discovered_class"] is None and r["prediction"] == r["known_class"], r
     for r in flagged:
         assert r["discovered_class"] in discovered and r["prediction"] == r["discovered_class"], r
+    # known-class images: mostly their class (the supervised model scores ~0.8 on the test set)
+    on_known = [r for r in rows if truth[Path(r["path"]).name] in known]
+    right = [r["known_class"] == truth[Path(r["path"]).name] for r in on_known]
+    assert len(on_known) == PER_CLASS * len(known) and np.mean(right) >= 0.6, right
+
+
+# -- After the incremental stage: the detector refitted on the final classifier ---------------
+
+
+def test_the_detector_is_refitted_on_the_final_classifier(learned_run):
+    """Same kind as the open-set stage's (KNN), over the k known + n new classes, its bank the
+    final classifier's features of the training images (labelled knowns first)."""
+    ctx, _ = open_run(learned_run)
+    opened = Detector.load(learned_run / "openset")
+    refit = Detector.load(learned_run / REFIT_DIR)
+    model, meta = ctx.load_classifier("incremental")
+    assert refit.name == opened.name == "knn" and refit.classifier == "incremental"
+    assert opened.num_known == meta["num_known"] == 5
+    assert refit.num_known == meta["num_classes"] == 10  # known + new
+    split = ctx.data.split
+    assert len(refit.scorer.bank) == len(split.labelled) + len(split.unlabelled)  # all learned
+    labelled = extract(model, ctx.data.loader(ctx.data.view("labelled")))["features"]
+    bank = refit.scorer.bank[: len(labelled)]
+    torch.testing.assert_close(bank, torch.nn.functional.normalize(labelled), atol=1e-5, rtol=0)
+    metrics = read_json(learned_run / "metrics.json")
+    assert metrics["incremental.detector_known_kept"] > 0.85
+
+
+def test_noise_is_unknown_with_no_class(learned_run, learned_images):
+    """Uniform noise: unknown, neither a known nor a new class (the final classifier alone would
+    name one of its classes)."""
+    _, _, noise = learned_images
+    rows = predict(learned_run, noise)
+    assert len(rows) == len(noise)
+    for r in rows:
+        assert r["is_unknown"] and r["prediction"] == "unknown", r
+        assert r["discovered_class"] is None, r
+
+
+def test_digits_get_their_learned_class(learned_run, learned_images):
+    """Test digits of the known classes get their known class, those of the new classes their
+    new class (as `discovered_class` too); a flagged digit is unknown, with no class."""
+    folder, truth, _ = learned_images
+    rows = predict(learned_run, [folder])
+    ctx, _ = open_run(learned_run)
+    names, k = ctx.data.class_names, ctx.data.split.num_known
+    assert len(rows) == len(truth)
+    for r in rows:
+        assert list(r["scores"]) == names  # every learned class, known then new
+        if r["is_unknown"]:
+            assert r["prediction"] == "unknown" and r["discovered_class"] is None
+        else:
+            assert r["prediction"] == r["known_class"]
+            assert r["discovered_class"] == (
+                r["prediction"] if r["prediction"] in names[k:] else None
+            )
+    true = {r["path"]: truth[Path(r["path"]).name] for r in rows}
+    for part, classes in (("known", names[:k]), ("new", names[k:])):
+        hits = [r["prediction"] == true[r["path"]] for r in rows if true[r["path"]] in classes]
+        assert len(hits) == PER_CLASS * len(classes) and np.mean(hits) >= 0.7, (part, hits)
+
+
+def test_predict_reads_no_data(learned_run, learned_images, tmp_path, monkeypatch):
+    """Preprocessing and class names come from the classifier files: predict never rebuilds the
+    run's data (a scan of the training folder). A run whose files lack the preprocessing still
+    predicts, through the data, with the same rows."""
+    folder, truth, noise = learned_images
+    old = without_refit(learned_run, tmp_path / "old")
+    want_old = predict(old, [folder, *noise])
+    want = predict(learned_run, [folder, *noise])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("predict rebuilt the run's data")
+
+    monkeypatch.setattr(OpenWorldData, "build", classmethod(refuse))
+    assert predict(learned_run, [folder, *noise]) == want
+    with pytest.raises(AssertionError, match="rebuilt the run's data"):
+        predict(old, [folder])  # the old path: the data gives mean / std
+    monkeypatch.undo()
+    # an old run: the open-set detector on the supervised classifier, as before
+    assert all(list(r["scores"]) == open_run(old)[0].data.class_names[:5] for r in want_old)
+    assert len(want_old) == len(truth) + len(noise)

@@ -156,8 +156,11 @@ def test_report_is_self_contained_and_renders_every_figure(tiny_run, chromium, t
     assert "<h3>openset</h3>" in page and "energy_weibull" in page and "known_acc" in page
     assert "<code>" not in page  # nothing reported missing
     # the pool's make-up and the class count, in words (the demo split: the pool is all novel)
-    assert "The unlabelled pool: 0 images of known classes +" in page and "(100% novel)" in page
-    assert "Novel classes: 5 (given; truth 5)." in page
+    # what was found, without truth; then the benchmark's evaluation of the pool
+    assert "unlabelled images look new; we see 5 new kinds (given)." in page
+    assert "<th>group</th><th>images</th><th>mean confidence</th>" in page
+    assert "the unlabelled pool held 0 images of known classes +" in page
+    assert "(100% novel), 5 novel classes." in page
     for f in ("report/clusters.png", "report/confusion.png"):
         assert (tiny_run / f).is_file(), f
     # 1 reconstruction (1 epoch), embedding, 2 open-set, clusters, confusion, 2 incremental

@@ -6,7 +6,7 @@ its final classifier (`incremental/detector/`, every learned class: known + new)
 - `known_class`, `known_prob`, `scores`: the final classifier's softmax over every learned class
   (its argmax, its probability, every class's probability), by name (`classnames.class_names`:
   the known classes, then the new ones as the run learned them — named on the label page, else
-  discover's `novel-<j> (~...)`);
+  discover's `new-<j>`);
 - `unknown_score`, `is_unknown`: the detector on the same features / logits (higher = more
   unknown); energy + Weibull decides by its Weibull fits, the other scorers at the threshold
   that keeps 95% of the known images it was fitted on;

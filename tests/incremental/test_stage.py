@@ -8,9 +8,11 @@ import pytest
 from uniframework.config import load_config
 from uniframework.discover.labels import save_labels
 from uniframework.errors import UserError
+from uniframework.incremental.detector import refit_detector
 from uniframework.incremental.metrics import UNMATCHED
 from uniframework.incremental.tasks import plan_from_discover
 from uniframework.io import load_weights, read_json, write_json
+from uniframework.openset.detector import REFIT_DIR, Detector
 from uniframework.pipeline import RunContext, run
 
 from ..conftest import TINY
@@ -58,9 +60,8 @@ def _discovered(ctx: RunContext) -> dict:
     """A hand-written discover result: 4 clusters over the pool of novel digits 2..7.
     Clusters 2, 3, 4 are digits 5, 2, 7; cluster 5 (digit 3) matched no class; digits
     4, 6, 8, 9 got no cluster."""
-    split, train = ctx.data.split, ctx.data.train
-    pool = split.unlabelled
-    true = split.remap(train.targets[pool])
+    pool = ctx.data.split.unlabelled
+    true = ctx.data.pool_truth(pool)  # the pool's hidden classes (train.targets hides them)
     cluster_of = {5: 2, 2: 3, 7: 4, 3: 5}
     keep = np.isin(true, list(cluster_of))
     return {
@@ -100,6 +101,21 @@ def test_source_discover_trains_on_pseudo_labels(tmp_path):
     assert m["incremental.new_acc"] > 0.1  # the matched clusters are learned
     _, meta = load_weights(tmp_path / "checkpoints/incremental.safetensors")
     assert meta["num_classes"] == 6 and meta["model_class_names"][2:] == ["c2", "c3", "c4", "c5"]
+    assert not (tmp_path / REFIT_DIR).exists()  # no openset stage: no detector to refit
+    # with one: energy + Weibull fitted again on the final classifier over its 6 classes, its
+    # auto-labelled unknowns the `unknown_fraction` of the pool images no class learned
+    # (digits 4, 6, 8, 9) that the open-set stage's rule picks
+    with_openset = cfg.model_copy(update={"stages": [{"openset": {}}, *cfg.stages]})
+    ctx = RunContext(with_openset, tmp_path)
+    model, _ = ctx.load_classifier("incremental")
+    m = refit_detector(ctx, model, plan)
+    detector = Detector.load(tmp_path / REFIT_DIR)
+    assert detector.name == "energy_weibull" and detector.classifier == "incremental"
+    assert detector.num_known == detector.scorer.num_known == 6
+    rest = np.setdiff1d(ctx.data.split.unlabelled, np.concatenate(plan.train_index[1:]))
+    assert set(np.unique(ctx.data.pool_truth(rest))) == {4, 6, 8, 9}
+    assert m["detector_auto_unknowns"] == max(3, round(0.3 * len(rest)))
+    assert 0 <= m["detector_unknown_caught"] <= 1 and 0 <= m["detector_known_kept"] <= 1
 
 
 def test_source_discover_plans_the_named_classes(tmp_path):
@@ -151,6 +167,7 @@ def test_supervised_then_incremental_writes_every_metric(tmp_path):
     assert (tmp_path / "checkpoints/incremental/ore/task2_balanced/last.ckpt").is_file()
     again = run(cfg, tmp_path)  # a finished stage is skipped
     assert again == m
+    assert not (tmp_path / REFIT_DIR).exists()  # no openset stage: no detector to refit
 
 
 def test_bad_options_are_user_errors(tmp_path):

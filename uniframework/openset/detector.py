@@ -122,7 +122,7 @@ class Detector:
                 )
             state.update(tensors)
         scorer = SCORERS[info["name"]].from_state_dict(state)
-        classifier = info.get("classifier", "supervised")  # files from before the refit
+        classifier = info.get("classifier", "supervised")  # a file without it: the open-set one
         return cls(info["name"], scorer, int(info["num_known"]), info["threshold"], classifier)
 
 
