@@ -33,7 +33,9 @@ def test_discover_beats_chance_and_writes_its_artifacts(tmp_path, method):
         assert f"discover.{key}" in metrics
     # 5 balanced novel classes: a random assignment scores about 0.27 with the Hungarian map
     # here; k-means on 4 epochs of supervised features is the weakest, the trained heads beat it
-    floor = 0.4 if method == "kmeans" else 0.42  # openmix: 0.45 on 1 thread, more on 2
+    # measured (AVX-512 / AVX2 kernels): openmix 0.49 / 0.49, sinkhorn 0.51 / 0.50, kmeans
+    # 0.50 / 0.44 — k-means moves most with the kernels, so its floor keeps more room
+    floor = 0.35 if method == "kmeans" else 0.42
     assert metrics["discover.novel_acc"] > floor, metrics
     assert metrics["discover.test_novel_acc"] > 0.38, metrics
     assert metrics["discover.num_novel"] == metrics["discover.num_novel_true"] == 5
