@@ -94,7 +94,10 @@ class SupervisedStage:
         best = best_state(trainer)
         if best is not None:
             module.load_state_dict(best)
-        ctx.save_model("supervised", model, num_known=k, start_weights=start_weights(model_cfg))
+        start = start_weights(model_cfg)  # this run's own pretrain file: no absolute path, so
+        handoff = str(ctx.weights_path("pretrain"))  # the record is the same in any run folder
+        start = start.replace(handoff, "this run's checkpoints/pretrain.safetensors")
+        ctx.save_model("supervised", model, num_known=k, start_weights=start)
         if hasattr(module, "prototypes"):
             save_weights(
                 ctx.run_dir / "checkpoints" / "supervised_prototypes.safetensors",
