@@ -11,7 +11,9 @@ those classes and every train image of the other 5 (dog, frog, horse, ship, truc
 Then runs `uniframework run configs/my-photos.yaml data.root=FOLDER` (plus the overrides) into
 `benchmarks/out/own-photos-run/` and prints what the run says without truth (the share of the
 unlabelled photos that look new, the count, each group's size, confidence and silhouette) and
-the evaluation on `test/`. Nothing in the run knows which unlabelled photo is which.
+the evaluation on `test/`, then `predict` on 100 images of uniform noise (the detector refitted
+on the final classifier should call them unknown). Nothing in the run knows which unlabelled photo
+is which.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from uniframework.config import load_config
 from uniframework.pipeline import run
+from uniframework.predict import predict
 
 KNOWN = ["airplane", "automobile", "bird", "cat", "deer"]
 
@@ -76,7 +80,9 @@ def main() -> None:
     pool = 7500
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB -> GB
-    print(f"wall {wall:.0f} s; peak RSS {rss:.2f} GB")
+    photos = sum(len(list((args.folder / d).rglob("*.*"))) for d in ("labelled", "unlabelled"))
+    per = wall / photos * 1000
+    print(f"wall {wall:.0f} s ({per:.0f} s per 1,000 photos); peak RSS {rss:.2f} GB")
     print("without truth:")
     print(f"  unlabelled photos flagged new by openset: {m['openset.pool_flagged_share']:.3f}")
     print(f"  discover pool: {m['discover.pool_size']} of {pool}; new kinds counted: {n}")
@@ -96,10 +102,20 @@ def main() -> None:
         "incremental.all_acc",
         "incremental.old_acc",
         "incremental.new_acc",
+        "incremental.detector_known_kept",
+        "incremental.detector_unknown_caught",
     ]
     for key in keys:
         if key in m:
             print(f"  {key}: {m[key]:.3f}")
+    noise = args.folder.parent / "noise"
+    shutil.rmtree(noise, ignore_errors=True)
+    noise.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(100):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(noise / f"{i}.png")
+    flagged = np.mean([r["is_unknown"] for r in predict(out, [noise])])
+    print(f"  uniform noise called unknown by predict: {flagged:.2f}")
     print(json.dumps({k: m[k] for k in sorted(m) if k in keys}, indent=None))
 
 

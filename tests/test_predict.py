@@ -250,20 +250,20 @@ def test_only_flagged_rows_carry_a_discovered_class(tiny_run, images, tmp_path, 
 
 
 def test_the_detector_is_refitted_on_the_final_classifier(learned_run):
-    """Same kind as the open-set stage's (KNN), over the k known + n new classes, its bank the
-    final classifier's features of the training images (labelled knowns first)."""
+    """`stages.incremental.detector` (Mahalanobis) over the k known + n new classes: its class
+    means the final classifier's features of the labelled knowns and of the new classes' images
+    left after the held-out share; its threshold keeps 95% of val + that share."""
     ctx, _ = open_run(learned_run)
     opened = Detector.load(learned_run / "openset")
     refit = Detector.load(learned_run / REFIT_DIR)
     model, meta = ctx.load_classifier("incremental")
-    assert refit.name == opened.name == "knn" and refit.classifier == "incremental"
-    assert opened.num_known == meta["num_known"] == 5
+    assert opened.name == "knn" and opened.num_known == meta["num_known"] == 5
+    assert refit.name == "mahalanobis" and refit.classifier == "incremental"
     assert refit.num_known == meta["num_classes"] == 10  # known + new
-    split = ctx.data.split
-    assert len(refit.scorer.bank) == len(split.labelled) + len(split.unlabelled)  # all learned
-    labelled = extract(model, ctx.data.loader(ctx.data.view("labelled")))["features"]
-    bank = refit.scorer.bank[: len(labelled)]
-    torch.testing.assert_close(bank, torch.nn.functional.normalize(labelled), atol=1e-5, rtol=0)
+    assert refit.scorer.means.shape == (10, model.backbone.num_features)
+    out = extract(model, ctx.data.loader(ctx.data.view("labelled")))
+    known = torch.stack([out["features"][out["labels"] == c].mean(0) for c in range(5)])
+    torch.testing.assert_close(refit.scorer.means[:5].float(), known, atol=1e-4, rtol=0)
     metrics = read_json(learned_run / "metrics.json")
     assert metrics["incremental.detector_known_kept"] > 0.85
 

@@ -41,7 +41,8 @@ STAGES = [
     {"supervised": {"lr": 0.001, "max_epochs": 8, "warmup_epochs": 1}},
     {"openset": {}},
     {"discover": {"method": "kmeans"}},
-    {"incremental": {"source": "discover", "epochs": 1, "memory": 50}},
+    # the open-set stage's energy + Weibull refitted (ORE): the export's Weibull graph is tested
+    {"incremental": {"source": "discover", "epochs": 1, "memory": 50, "detector": "openset"}},
 ]
 SECTIONS = [
     "What ran",

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from uniframework.config import load_config
 from uniframework.discover.labels import save_labels
@@ -14,6 +15,7 @@ from uniframework.incremental.tasks import plan_from_discover
 from uniframework.io import load_weights, read_json, write_json
 from uniframework.openset.detector import REFIT_DIR, Detector
 from uniframework.pipeline import RunContext, run
+from uniframework.training import extract
 
 from ..conftest import TINY
 
@@ -102,13 +104,13 @@ def test_source_discover_trains_on_pseudo_labels(tmp_path):
     _, meta = load_weights(tmp_path / "checkpoints/incremental.safetensors")
     assert meta["num_classes"] == 6 and meta["model_class_names"][2:] == ["c2", "c3", "c4", "c5"]
     assert not (tmp_path / REFIT_DIR).exists()  # no openset stage: no detector to refit
-    # with one: energy + Weibull fitted again on the final classifier over its 6 classes, its
-    # auto-labelled unknowns the `unknown_fraction` of the pool images no class learned
-    # (digits 4, 6, 8, 9) that the open-set stage's rule picks
+    # with one, `detector: openset`: energy + Weibull fitted again on the final classifier over
+    # its 6 classes, its auto-labelled unknowns the `unknown_fraction` of the pool images no
+    # class learned (digits 4, 6, 8, 9) that the open-set stage's rule picks
     with_openset = cfg.model_copy(update={"stages": [{"openset": {}}, *cfg.stages]})
     ctx = RunContext(with_openset, tmp_path)
     model, _ = ctx.load_classifier("incremental")
-    m = refit_detector(ctx, model, plan)
+    m = refit_detector(ctx, model, plan, "openset")
     detector = Detector.load(tmp_path / REFIT_DIR)
     assert detector.name == "energy_weibull" and detector.classifier == "incremental"
     assert detector.num_known == detector.scorer.num_known == 6
@@ -116,6 +118,22 @@ def test_source_discover_trains_on_pseudo_labels(tmp_path):
     assert set(np.unique(ctx.data.pool_truth(rest))) == {4, 6, 8, 9}
     assert m["detector_auto_unknowns"] == max(3, round(0.3 * len(rest)))
     assert 0 <= m["detector_unknown_caught"] <= 1 and 0 <= m["detector_known_kept"] <= 1
+    # the default, Mahalanobis on the final classifier's features: 95% of the held-out knowns kept
+    # (its threshold), and uniform noise, far from every learned class, called unknown
+    m = refit_detector(ctx, model, plan)
+    detector = Detector.load(tmp_path / REFIT_DIR)
+    assert detector.name == "mahalanobis" and "detector_auto_unknowns" not in m
+    view = ctx.data.view("val")
+    val = extract(model, ctx.data.loader(view))
+    kept = ~detector.predict_unknown(val["features"], val["logits"])
+    assert kept.float().mean() >= 0.94  # threshold: 0.95 quantile of val + held-out new images
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (view.base.mean, view.base.std))
+    size = ctx.cfg.data.image_size
+    noise = (torch.rand(64, 3, size, size) - mean) / std  # uniform pixels, normalised
+    with torch.no_grad():
+        features = model.forward_features(noise)
+        flagged = detector.predict_unknown(features, model.forward_head(features))
+    assert flagged.float().mean() >= 0.8
 
 
 def test_source_discover_plans_the_named_classes(tmp_path):

@@ -13,12 +13,12 @@ run resumes at the first task without its json; a task cut off mid-training resu
 one); for the main learner `checkpoints/incremental.safetensors` (for `predict`),
 `checkpoints/incremental_nme.safetensors` (class means, memory learners),
 `incremental/memory.json`, `incremental/results.json`, `incremental/accuracy.png`,
-`incremental/matrix.png`, and, with an `openset` stage in the config, its unknown detector
-fitted again on the final classifier over every learned class (`incremental/detector/`,
-`detector.py`; what `predict` and `export` use). With classes named on the label page
-(`discover/labels.json`), the metrics add `named_classes`, `merged_clusters`,
-`rejected_clusters`, and the checkpoint's metadata and `results.json` the labels file's
-`sha256` (the report says which labels were used).
+`incremental/matrix.png`, and, with an `openset` stage in the config, an unknown detector
+(`detector`, Mahalanobis by default) fitted again on the final classifier over every learned
+class (`incremental/detector/`, `detector.py`; what `predict` and `export` use). With classes
+named on the label page (`discover/labels.json`), the metrics add `named_classes`,
+`merged_clusters`, `rejected_clusters`, and the checkpoint's metadata and `results.json` the
+labels file's `sha256` (the report says which labels were used).
 
 DDP: training runs on every rank; features, herding and scoring run on rank 0, which writes
 each task's weights and memory; the other ranks wait at a barrier and read them back.
@@ -42,6 +42,7 @@ from ..data import View
 from ..errors import UserError
 from ..io import load_matching, load_weights, read_json, save_weights, write_json
 from ..models import Classifier, build_classifier, grow_head, shrink_head
+from ..openset.stage import ScorerName
 from ..registry import STAGES
 from ..training import extract, fit, make_trainer
 from .detector import refit_detector
@@ -74,6 +75,10 @@ class IncrementalOptions(Section):
     balanced_epochs: int = Field(2, ge=1)  # ORE's class-balanced fine-tune, per task
     balanced_lr: float | None = Field(None, gt=0)  # None = lr / 10
     figures: bool = True
+    # the unknown detector fitted again on the final classifier: a scorer, or "openset" for the
+    # open-set stage's own kind (ORE). Feature scorers by default: logit scores are blind to
+    # inputs far from every class once the new classes are learned (detector.py)
+    detector: ScorerName | Literal["openset"] = "mahalanobis"
 
     @model_validator(mode="after")
     def _compare_differs(self) -> IncrementalOptions:
@@ -277,7 +282,7 @@ class IncrementalStage:
         metrics = _report(ctx, opts, plan, results)
         # the world is still open: the unknown detector, fitted again on the final classifier
         model = results[opts.learner]["model"]
-        return metrics | refit_detector(ctx, model, plan, _device(ctx))
+        return metrics | refit_detector(ctx, model, plan, opts.detector, _device(ctx))
 
 
 def _report(ctx, opts, plan: TaskPlan, results: dict) -> dict[str, float]:
