@@ -10,7 +10,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 # What tests may read from the checkout, linked into each test's working directory.
-SHARED = ["configs", "README.md"]
+SHARED = ["configs", "docs"]
 # What a run writes in its working directory; the checkout's copies must survive the suite.
 RUN_OUTPUT = ["runs", "lightning_logs", "mlruns", "mlflow.db"]
 
@@ -37,7 +37,7 @@ def _seed():
 @pytest.fixture(autouse=True)
 def _work_in_a_temporary_directory(tmp_path_factory, monkeypatch):
     """Every test runs in a fresh folder, so a run without --out (runs/<name>) or a process the
-    test starts never writes into the checkout; configs/ and README.md are linked in."""
+    test starts never writes into the checkout; configs/ and docs/ are linked in."""
     cwd = tmp_path_factory.mktemp("cwd")
     for name in SHARED:
         (cwd / name).symlink_to(REPO / name)

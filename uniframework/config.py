@@ -31,10 +31,12 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    dataset: str = "digits"
+    """The images and the open-world split (what is known, labelled, unlabelled, tested)."""
+
+    dataset: str = "digits"  # digits | cifar10 | cifar100 | imagefolder (`uniframework list`)
     root: str | None = None  # dataset folder; None = the dataset's default (digits needs none)
     download: bool = False  # cifar10/cifar100: fetch when missing (needs network)
-    image_size: int = Field(32, ge=8, le=1024)
+    image_size: int = Field(32, ge=8, le=1024)  # every image is resized / cropped to this side
     # Open-world split: classes are ordered (sorted or seeded shuffle); the first `num_known`
     # are known, the rest novel. None = every class is known (plain supervised learning).
     num_known: int | None = Field(None, ge=1)
@@ -55,7 +57,7 @@ class DataConfig(Section):
     translate: int | None = Field(None, ge=0)  # batched: max shift, px; None = image_size // 8
     cutout: int = Field(0, ge=0)  # batched: side of the zeroed square, px (0 = none)
     in_memory: bool = True  # imagefolder: keep decoded images in memory after the scan
-    on_corrupt: Literal["skip", "error"] = "skip"
+    on_corrupt: Literal["skip", "error"] = "skip"  # an unreadable file: skipped (named), or stop
 
     @model_validator(mode="after")
     def _batched_options(self):
@@ -67,13 +69,19 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    backbone: str = "resnet18"  # a registered name (`uniframework list`) or any timm model name
+    """The backbone (timm) under every stage's classifier."""
+
+    # resnet_tiny | resnet18 | resnet50 | vit_tiny | vit_small | vit_base | efficientnet_b0..b7 |
+    # efficientnetv2_s|m|l | efficientnet_phi | airbench | resnet9 | resnet9_half (fast 32 px
+    # CNNs): a registered name (`uniframework list`) or any timm model name
+    backbone: str = "resnet18"
     # ResNet: 3x3 stem, no max-pool, for 32 px images; off when the backbone starts from
     # ImageNet weights (`starts_pretrained`), whose 7x7 stem it would throw away
     small_input: bool = True
     patch_size: int | None = Field(None, ge=1)  # ViT: default = image_size // 8
+    # EfficientNet: left unset = the paper's rate (0.2 + 0.05 phi, max 0.5)
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)  # EfficientNet: left unset = 0.2
     # start from timm's ImageNet weights for the backbone (downloaded by the first stage that
     # builds it; offline, give them as `weights`); images are normalised with their mean / std
     pretrained: bool = False
@@ -107,10 +115,10 @@ class TrainerConfig(Section):
     """Passed through to `lightning.Trainer` (same names), but `logger` picks the loggers by name
     and `mlflow_uri` is where the `mlflow` logger writes (`uniframework.tracking`)."""
 
-    accelerator: str = "auto"
-    devices: int | str | list[int] = 1
+    accelerator: str = "auto"  # cpu | gpu | auto
+    devices: int | str | list[int] = 1  # e.g. 2 with strategy ddp: 2 processes
     num_nodes: int = Field(1, ge=1)
-    strategy: str = "auto"
+    strategy: str = "auto"  # ddp | fsdp | ...
     precision: Literal[
         "32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true"
     ] = "32-true"
@@ -210,7 +218,7 @@ def _explain(err: ValidationError, model: type[BaseModel], prefix: str = "") -> 
     return (
         "invalid config:\n  - "
         + "\n  - ".join(dict.fromkeys(lines))
-        + "\nFix the YAML file or the key=value override (see the config reference in README.md)."
+        + "\nFix the YAML file or the key=value override (every key, its default: docs/config.md)."
     )
 
 

@@ -56,6 +56,7 @@ class DetectOptions(Section):
     """Options of the `detect` stage (its data options live here: `data` is classification's)."""
 
     method: Literal["ore", "baseline"] = "ore"
+
     # data
     dataset: Literal["digit_scenes", "voc", "coco"] = "digit_scenes"
     root: str | None = None  # voc / coco folder
@@ -72,6 +73,7 @@ class DetectOptions(Section):
     tasks: list[list[str]] | None = None
     task_sizes: list[int] = Field(default_factory=lambda: [5, 3])
     class_order: Literal["sorted", "random"] = "sorted"
+
     # detector
     backbone: str = "resnet_tiny"
     fpn_levels: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])  # timm feature levels
@@ -83,6 +85,7 @@ class DetectOptions(Section):
     roi_batch: int = Field(64, ge=2)  # sampled RoIs per image
     detections_per_img: int = Field(50, ge=1)
     score_thresh: float = Field(0.05, ge=0, lt=1)
+
     # training
     epochs: int | None = Field(None, ge=1)  # per task; None = trainer.max_epochs
     batch_size: int = Field(4, ge=1)
@@ -92,6 +95,7 @@ class DetectOptions(Section):
     exemplars_per_class: int = Field(50, ge=1)  # images per class (OWOD: 50)
     finetune_epochs: int = Field(4, ge=1)
     finetune_lr: float | None = Field(None, gt=0)  # None = lr
+
     # ORE (ignored by method: baseline)
     unknown_topk: int = Field(1, ge=1)  # auto-labelled unknowns per image (OWOD: 1)
     # "overlaps no GT": IoU below this with every box (OWOD: 0.5, its RoI background threshold)
