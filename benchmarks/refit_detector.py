@@ -24,7 +24,7 @@ from uniframework.incremental.detector import refit_detector
 from uniframework.incremental.tasks import plan_from_discover
 from uniframework.openset.stage import ScorerName
 from uniframework.predict import predict
-from uniframework.report import open_run
+from uniframework.rundir import open_run
 
 
 def far_images(folder: Path, n: int, size: int = 32) -> None:

@@ -46,7 +46,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from uniframework import training
 from uniframework.config import load_config
 from uniframework.io import read_json
-from uniframework.pipeline import load_plugins, run
+from uniframework.pipeline import run
+from uniframework.registry import load_plugins
 
 OUT = Path("benchmarks/out")
 LOOPS = {

@@ -8,8 +8,7 @@ from pathlib import Path
 from .discover.labels import DISCOVERED, REJECTED_NAME, cluster_names, read_labels
 from .errors import UserError
 from .io import load_weights, read_json
-from .pipeline import RunContext
-from .report import final_stage, open_run
+from .rundir import RunContext, final_stage, open_run
 
 
 def class_names(

@@ -105,8 +105,7 @@ def cmd_run(config: Path | None, args: argparse.Namespace) -> int:
 
 
 def cmd_list() -> int:
-    from .pipeline import load_plugins
-    from .registry import BACKBONES, DATASETS, STAGES
+    from .registry import BACKBONES, DATASETS, STAGES, load_plugins
 
     load_plugins()
     for title, reg in (("backbones", BACKBONES), ("datasets", DATASETS), ("stages", STAGES)):

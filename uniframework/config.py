@@ -172,8 +172,7 @@ class Config(Section):
 
 
 def _stage_registry():  # the stage modules register themselves on import
-    from .pipeline import load_plugins
-    from .registry import STAGES
+    from .registry import STAGES, load_plugins
 
     load_plugins()
     return STAGES

@@ -51,8 +51,8 @@ from .errors import UserError
 from .io import atomic_write, read_json
 from .openset.detector import Detector, run_detector
 from .openset.weibull import LOG_RATIO_CAP, WeibullIdentifier, WeibullParams, ranking_score
-from .predict import learned_rows, make_rows, preprocessing
-from .report import final_stage, open_run
+from .rows import learned_rows, make_rows
+from .rundir import final_stage, open_run, preprocessing
 
 log = logging.getLogger(__name__)
 

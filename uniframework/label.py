@@ -55,7 +55,7 @@ from .discover.labels import (
 )
 from .errors import UserError
 from .io import load_weights, read_json, read_meta
-from .report import open_run
+from .rundir import open_run
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,9 @@ Run directory (`runs/<name>/` unless given): `config.yaml` (resolved), `metrics.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import importlib
 import logging
 import shutil
 import time
-from functools import cached_property
 from pathlib import Path
 
 import lightning as L
@@ -22,111 +18,26 @@ import torch
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
-from .config import Config, ModelConfig, save_config
-from .data import OpenWorldData
-from .data.images import working_short_side
+from .config import Config, save_config
 from .errors import UserError, did_you_mean
 from .io import (
     atomic_write_text,
-    load_matching,
-    load_weights,
     read_json,
-    save_weights,
     write_json,
 )
-from .models import Classifier, build_classifier
-from .models.backbones import pretrained_stats
-from .registry import STAGES
-from .rundir import check_reuse, clear_run_dir, config_hash, read_saved_config
+from .registry import STAGES, load_plugins
+from .report import try_write_report
+from .rundir import (
+    RunContext,
+    check_reuse,
+    clear_run_dir,
+    config_hash,
+    default_run_dir,
+    read_saved_config,
+)
 from .tracking import MlflowRun, mlflow_run
 
 log = logging.getLogger(__name__)
-
-# Modules whose import registers backbones, datasets and stages.
-PLUGINS = [
-    "uniframework.pretrain.stage",
-    "uniframework.openset.stage",
-    "uniframework.models.backbones",
-    "uniframework.data.datasets",
-    "uniframework.supervised.stage",
-    "uniframework.discover.stage",
-    "uniframework.incremental.stage",
-    "uniframework.detect.stage",
-]
-
-
-def load_plugins() -> None:
-    for name in PLUGINS:
-        importlib.import_module(name)
-
-
-class RunContext:
-    """What a stage gets: the config, the run directory, the data, saved models."""
-
-    def __init__(self, cfg: Config, run_dir: Path) -> None:
-        self.cfg, self.run_dir = cfg, Path(run_dir)
-
-    @cached_property
-    def data(self) -> OpenWorldData:
-        data = OpenWorldData.build(self.cfg.data, self.cfg.seed)
-        stats = pretrained_stats(self.cfg.model)
-        if stats is None:
-            return data
-        # weights trained elsewhere expect their own normalisation, not the dataset's; every
-        # view, `predict` and `export` read mean / std from these two sets
-        log.info("images normalised as the pretrained weights expect: mean %s, std %s", *stats)
-        train, test = copy.copy(data.train), copy.copy(data.test)
-        for base in (train, test):
-            base.mean, base.std = stats
-        return dataclasses.replace(data, train=train, test=test)
-
-    def weights_path(self, stage: str) -> Path:
-        return self.run_dir / "checkpoints" / f"{stage}.safetensors"
-
-    def model_start(self, key: str) -> tuple[ModelConfig, bool]:
-        """The model config the fit `key` (`checkpoints/<key>/`) builds from, and whether the
-        build loads its start weights (`model.weights`, or timm's hub for `model.pretrained`).
-        Without such weights, a fit after `pretrain` starts from its encoder. A fit cut off
-        earlier resumes from its `last.ckpt`, which holds every weight, so it loads none."""
-        model, handoff = self.cfg.model, self.weights_path("pretrain")
-        if model.weights is None and not model.pretrained and handoff.is_file():
-            model = model.model_copy(update={"weights": str(handoff)})
-        return model, not (self.run_dir / "checkpoints" / key / "last.ckpt").is_file()
-
-    def save_model(self, stage: str, model: torch.nn.Module, **extra) -> Path:
-        """Safetensors weights of a stage's model, with what is needed to rebuild it and to
-        preprocess an image as the run's test view does (`predict` and `export` read these
-        instead of rescanning the data: mean / std, image size, the working copy's short side)."""
-        size = self.cfg.data.image_size
-        meta = {
-            **extra,
-            "stage": stage,
-            "backbone": self.cfg.model.backbone,
-            "num_classes": getattr(model, "num_classes", None),
-            "class_order": self.data.split.class_order,
-            "class_names": self.data.class_names,
-            "mean": [float(v) for v in self.data.test.mean],
-            "std": [float(v) for v in self.data.test.std],
-            "image_size": size,
-            "short_side": working_short_side(size),
-        }
-        path = self.weights_path(stage)
-        save_weights(path, model.state_dict(), meta)
-        return path
-
-    def load_classifier(self, stage: str) -> tuple[Classifier, dict]:
-        """Rebuild a stage's classifier (its class count from the file) and load its weights
-        (UserError on a mismatch); returns it with the file's metadata."""
-        path = self.weights_path(stage)
-        state, meta = load_weights(path)
-        size, n = self.cfg.data.image_size, meta["num_classes"]
-        model = build_classifier(self.cfg.model, size, n, start=False)  # no hub, no start file
-        load_matching(model, state, str(path))
-        return model, meta
-
-
-def default_run_dir(cfg: Config) -> Path:
-    return Path("runs") / cfg.name
 
 
 def run(
@@ -172,8 +83,6 @@ def run(
     with mlflow_run(cfg, run_dir, state, tree) as tracked:
         _run_stages(RunContext(cfg, run_dir), stages, state, metrics, tree, tracked)
         if rank_zero_only.rank == 0:
-            from .report import try_write_report  # imported here: report.py imports pipeline
-
             try_write_report(run_dir)
     return metrics
 

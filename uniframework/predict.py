@@ -42,20 +42,18 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from .classnames import class_names
 from .data import resize_normalize
-from .data.images import IMAGE_EXTENSIONS, UNREADABLE, read_image, working_short_side
+from .data.images import IMAGE_EXTENSIONS, UNREADABLE, read_image
 from .discover.labels import REJECTED_NAME
 from .errors import UserError
+from .export import OnnxClassifier
 from .openset.detector import Detector, run_detector
-from .report import final_stage, open_run
-
-if TYPE_CHECKING:  # export imports this module
-    from .export import OnnxClassifier
+from .rows import learned_rows, make_rows
+from .rundir import final_stage, open_run, preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +68,6 @@ COLUMNS = [
     "scores",
     "error",
 ]
-PREPROCESS = ("image_size", "mean", "std", "short_side")  # in every classifier file's metadata
 
 
 def image_paths(inputs: Sequence[str | Path]) -> list[tuple[Path, str | None]]:
@@ -97,8 +94,6 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path]) -> list[dict]:
     paths = image_paths(inputs)
     classifier: RunClassifier | OnnxClassifier
     if Path(run_dir).suffix.lower() == ".onnx":
-        from .export import OnnxClassifier
-
         classifier = OnnxClassifier(run_dir)
     else:
         ctx, _ = open_run(run_dir)
@@ -126,17 +121,6 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path]) -> list[dict]:
         rows += classifier.classify(ok, images)
     order = {str(p): i for i, (p, _) in enumerate(paths)}  # rows in the order given
     return sorted(rows, key=lambda r: order[r["path"]])
-
-
-def preprocessing(ctx, meta: dict) -> dict:
-    """The run's test-view preprocessing (`PREPROCESS`: image_size, mean, std, short_side) from
-    a classifier file's metadata; a file written without them gets them from the run's data,
-    which is rebuilt for it (a scan of the training folder)."""
-    if all(key in meta for key in PREPROCESS):
-        return {key: meta[key] for key in PREPROCESS}
-    size, base = ctx.cfg.data.image_size, ctx.data.test
-    mean, std = [float(v) for v in base.mean], [float(v) for v in base.std]
-    return {"image_size": size, "mean": mean, "std": std, "short_side": working_short_side(size)}
 
 
 @torch.no_grad()
@@ -185,54 +169,6 @@ class RunClassifier:
         flagged = [] if unknown is None else unknown.nonzero().flatten().tolist()
         found = dict(zip(flagged, _discovered(self.ctx, batch[flagged], k) or [], strict=False))
         return make_rows(paths, names[:k], logits[:, :k].softmax(1), score, unknown, found)
-
-
-def learned_rows(
-    paths: list[Path],
-    names: list[str],
-    k: int,
-    logits: torch.Tensor,
-    score: torch.Tensor,
-    unknown: torch.Tensor,
-) -> list[dict]:
-    """The rows of a detector refitted on the final classifier: `logits [N, n]` over every
-    learned class (`names`: the k known ones, then the new ones), its scores / decisions `[N]`.
-    An unflagged image is its best learned class (`discovered_class` too when that is a new
-    one); a flagged one is unknown, with no class."""
-    best = logits.argmax(1)
-    new = {i: names[int(b)] for i, b in enumerate(best) if int(b) >= k and not bool(unknown[i])}
-    return make_rows(paths, names, logits.softmax(1), score, unknown, new)
-
-
-def make_rows(
-    paths: list[Path],
-    names: list[str],
-    probs: torch.Tensor,
-    score: torch.Tensor | None,
-    unknown: torch.Tensor | None,
-    found: dict[int, str],
-) -> list[dict]:
-    """The rows of the module docstring from class probabilities `[N, m]` (`names`: the m
-    classes), the detector's scores / decisions `[N]` (None without a detector) and the
-    discovered class name of image i, `found[i]` (a flagged image's discovered class, or an
-    unflagged image's new class)."""
-    rows = []
-    for i, p in enumerate(paths):
-        known = names[int(probs[i].argmax())]
-        is_unknown = bool(unknown[i]) if unknown is not None else False
-        rows.append(
-            {
-                "path": str(p),
-                "prediction": (found.get(i) or "unknown") if is_unknown else known,
-                "known_class": known,
-                "known_prob": round(float(probs[i].max()), 4),
-                "unknown_score": None if score is None else round(float(score[i]), 4),
-                "is_unknown": is_unknown,
-                "discovered_class": found.get(i),  # None (blank) unless flagged unknown
-                "scores": {n: round(float(v), 4) for n, v in zip(names, probs[i], strict=True)},
-            }
-        )
-    return rows
 
 
 def _unknown(detector: Detector | None, features: torch.Tensor, logits: torch.Tensor, k: int):

@@ -5,6 +5,7 @@ A registry maps a name to a plain factory. Adding a method = one file + one `@RE
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -49,3 +50,22 @@ class Registry:
 BACKBONES = Registry("backbone")
 DATASETS = Registry("dataset")
 STAGES = Registry("stage")
+
+# Modules whose import registers backbones, datasets and stages.
+PLUGINS = [
+    "uniframework.pretrain.stage",
+    "uniframework.openset.stage",
+    "uniframework.models.backbones",
+    "uniframework.data.datasets",
+    "uniframework.supervised.stage",
+    "uniframework.discover.stage",
+    "uniframework.incremental.stage",
+    "uniframework.detect.stage",
+]
+
+
+def load_plugins() -> None:
+    """Import the modules that register the backbones, datasets and stages (imported by name,
+    so this module imports none of them)."""
+    for name in PLUGINS:
+        importlib.import_module(name)

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import load_config
 from .data.images import read_image, working_short_side
 from .discover.labels import (
     LABELS,
@@ -35,7 +34,7 @@ from .discover.labels import (
 )
 from .errors import UserError
 from .io import atomic_write_text, load_weights, read_json, read_meta
-from .pipeline import RunContext
+from .rundir import RunContext, final_stage, open_run
 
 log = logging.getLogger(__name__)
 
@@ -57,33 +56,6 @@ pre.config { columns: 3 18em; column-rule: 1px solid #ddd; }
 .tables { display: flex; flex-wrap: wrap; gap: 0 2em; align-items: flex-start; }
 figcaption, .missing { color: #666; font-size: 13px; }
 """
-
-
-def open_run(run_dir: str | Path) -> tuple[RunContext, dict]:
-    """The run's context (its resolved config) and `state.json`; UserError naming the path when
-    `run_dir` is missing or is not a folder `uniframework run` wrote."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(
-            f"run directory '{run_dir}' does not exist: give the folder `uniframework run` "
-            "wrote (runs/<name>, or its --out)"
-        )
-    missing = [f for f in ("config.yaml", "state.json") if not (run_dir / f).is_file()]
-    if missing:
-        raise UserError(
-            f"'{run_dir}' is not a run directory (no {' or '.join(missing)}): give the folder "
-            "`uniframework run` wrote (runs/<name>, or its --out)"
-        )
-    cfg = load_config(run_dir / "config.yaml")
-    return RunContext(cfg, run_dir), read_json(run_dir / "state.json")
-
-
-def final_stage(ctx: RunContext) -> str | None:
-    """The stage whose classifier is the run's last word: incremental, discover or supervised."""
-    for stage in ("incremental", "discover", "supervised"):
-        if ctx.weights_path(stage).is_file():
-            return stage
-    return None
 
 
 def has_discovered_outputs(stage: str, meta: dict) -> bool:

@@ -1,4 +1,7 @@
-"""A run directory belongs to one config: what a rerun may reuse, and what it must refuse.
+"""A run directory: its context (`RunContext`: the config, the data, the saved models), how to
+open a finished one (`open_run`, `final_stage`), and which config it belongs to.
+
+A run directory belongs to one config: what a rerun may reuse, and what it must refuse.
 
 A rerun compares its resolved config with the saved `config.yaml`. A difference *touches* a
 stage when it can change that stage's result: a global key (seed, data, model, trainer) touches
@@ -11,15 +14,31 @@ exit 2) when a touched stage has finished or has started (its checkpoint folder 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
+import logging
 import shutil
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+from .config import Config, ModelConfig, load_config
+from .data import OpenWorldData
+from .data.images import working_short_side
 from .errors import UserError
+from .io import load_matching, load_weights, read_json, save_weights
+from .models import Classifier, build_classifier
+from .models.backbones import pretrained_stats
+
+log = logging.getLogger(__name__)
+
+# the test-view preprocessing, in every classifier file's metadata (`RunContext.save_model`)
+PREPROCESS = ("image_size", "mean", "std", "short_side")
 
 # Where the run happens or how it is shown, not what it computes.
 HARMLESS = {
@@ -160,3 +179,110 @@ def clear_run_dir(run_dir: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+class RunContext:
+    """What a stage gets: the config, the run directory, the data, saved models."""
+
+    def __init__(self, cfg: Config, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+
+    @cached_property
+    def data(self) -> OpenWorldData:
+        data = OpenWorldData.build(self.cfg.data, self.cfg.seed)
+        stats = pretrained_stats(self.cfg.model)
+        if stats is None:
+            return data
+        # weights trained elsewhere expect their own normalisation, not the dataset's; every
+        # view, `predict` and `export` read mean / std from these two sets
+        log.info("images normalised as the pretrained weights expect: mean %s, std %s", *stats)
+        train, test = copy.copy(data.train), copy.copy(data.test)
+        for base in (train, test):
+            base.mean, base.std = stats
+        return dataclasses.replace(data, train=train, test=test)
+
+    def weights_path(self, stage: str) -> Path:
+        return self.run_dir / "checkpoints" / f"{stage}.safetensors"
+
+    def model_start(self, key: str) -> tuple[ModelConfig, bool]:
+        """The model config the fit `key` (`checkpoints/<key>/`) builds from, and whether the
+        build loads its start weights (`model.weights`, or timm's hub for `model.pretrained`).
+        Without such weights, a fit after `pretrain` starts from its encoder. A fit cut off
+        earlier resumes from its `last.ckpt`, which holds every weight, so it loads none."""
+        model, handoff = self.cfg.model, self.weights_path("pretrain")
+        if model.weights is None and not model.pretrained and handoff.is_file():
+            model = model.model_copy(update={"weights": str(handoff)})
+        return model, not (self.run_dir / "checkpoints" / key / "last.ckpt").is_file()
+
+    def save_model(self, stage: str, model: torch.nn.Module, **extra) -> Path:
+        """Safetensors weights of a stage's model, with what is needed to rebuild it and to
+        preprocess an image as the run's test view does (`predict` and `export` read these
+        instead of rescanning the data: mean / std, image size, the working copy's short side)."""
+        size = self.cfg.data.image_size
+        meta = {
+            **extra,
+            "stage": stage,
+            "backbone": self.cfg.model.backbone,
+            "num_classes": getattr(model, "num_classes", None),
+            "class_order": self.data.split.class_order,
+            "class_names": self.data.class_names,
+            "mean": [float(v) for v in self.data.test.mean],
+            "std": [float(v) for v in self.data.test.std],
+            "image_size": size,
+            "short_side": working_short_side(size),
+        }
+        path = self.weights_path(stage)
+        save_weights(path, model.state_dict(), meta)
+        return path
+
+    def load_classifier(self, stage: str) -> tuple[Classifier, dict]:
+        """Rebuild a stage's classifier (its class count from the file) and load its weights
+        (UserError on a mismatch); returns it with the file's metadata."""
+        path = self.weights_path(stage)
+        state, meta = load_weights(path)
+        size, n = self.cfg.data.image_size, meta["num_classes"]
+        model = build_classifier(self.cfg.model, size, n, start=False)  # no hub, no start file
+        load_matching(model, state, str(path))
+        return model, meta
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return Path("runs") / cfg.name
+
+
+def open_run(run_dir: str | Path) -> tuple[RunContext, dict]:
+    """The run's context (its resolved config) and `state.json`; UserError naming the path when
+    `run_dir` is missing or is not a folder `uniframework run` wrote."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(
+            f"run directory '{run_dir}' does not exist: give the folder `uniframework run` "
+            "wrote (runs/<name>, or its --out)"
+        )
+    missing = [f for f in ("config.yaml", "state.json") if not (run_dir / f).is_file()]
+    if missing:
+        raise UserError(
+            f"'{run_dir}' is not a run directory (no {' or '.join(missing)}): give the folder "
+            "`uniframework run` wrote (runs/<name>, or its --out)"
+        )
+    cfg = load_config(run_dir / "config.yaml")
+    return RunContext(cfg, run_dir), read_json(run_dir / "state.json")
+
+
+def final_stage(ctx: RunContext) -> str | None:
+    """The stage whose classifier is the run's last word: incremental, discover or supervised."""
+    for stage in ("incremental", "discover", "supervised"):
+        if ctx.weights_path(stage).is_file():
+            return stage
+    return None
+
+
+def preprocessing(ctx, meta: dict) -> dict:
+    """The run's test-view preprocessing (`PREPROCESS`: image_size, mean, std, short_side) from
+    a classifier file's metadata; a file written without them gets them from the run's data,
+    which is rebuilt for it (a scan of the training folder)."""
+    if all(key in meta for key in PREPROCESS):
+        return {key: meta[key] for key in PREPROCESS}
+    size, base = ctx.cfg.data.image_size, ctx.data.test
+    mean, std = [float(v) for v in base.mean], [float(v) for v in base.std]
+    return {"image_size": size, "mean": mean, "std": std, "short_side": working_short_side(size)}

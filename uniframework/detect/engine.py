@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
@@ -21,10 +20,8 @@ from ..training import warmup_cosine
 from .datasets import DetectionSet, collate
 from .metrics import UNKNOWN
 from .model import OpenWorldDetector
+from .options import DetectOptions
 from .ore import ContrastiveClustering, apply_identifier, select_exemplars
-
-if TYPE_CHECKING:
-    from .stage import DetectOptions
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ Features are the backbone's pooled output [N, D] (ViT: the class token, timm's d
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from torch.utils.data import DataLoader
 
 from ..data import OpenWorldData
-
-if TYPE_CHECKING:
-    from .stage import PretrainOptions
+from .options import PretrainOptions
 
 
 def knn_classify(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import lightning as L
 import matplotlib.pyplot as plt
@@ -25,9 +24,7 @@ from ..io import load_matching
 from ..plotting import save_figure
 from .evaluation import backbone_features, knn_classify
 from .module import Method
-
-if TYPE_CHECKING:
-    from .stage import PretrainOptions
+from .options import PretrainOptions
 
 MASK_GREY = 0.5  # masked pixels drawn mid-grey
 CURVE_TITLES = {
