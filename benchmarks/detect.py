@@ -10,7 +10,7 @@ the same class-balanced exemplar fine-tune after task 2; the baseline has no unk
 clustering and no energy identifier. One CPU thread. Prints known mAP@50 (prev / cur / all),
 U-Recall@50, WI (at recall 0.8) and A-OSE per task and method, and the wall time per method.
 `key=value` arguments set the detect stage's options for every method (e.g. `unknown_iou=0.3
-prototype_every=10`: the defaults before issue 20). Writes benchmarks/out/<--out>.
+prototype_every=10`, an earlier version's defaults). Writes benchmarks/out/<--out>.
 """
 
 from __future__ import annotations

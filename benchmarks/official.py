@@ -1,4 +1,4 @@
-"""The project's pretraining models beside the official code, step for step (issue 19, item 3).
+"""The project's pretraining models beside the official code,, step for step.
 
     .venv/bin/python benchmarks/official.py [--official-root official] [--methods mae,simmim,ibot]
         [--configs 32px,224px] [--rounds 4] [--steps 10] [--warmup 2] [--threads N]

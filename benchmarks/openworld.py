@@ -1,10 +1,10 @@
-"""The whole open-world loop against the demo issue's aims: digits (the demo) and cifar10-mini.
+"""The whole open-world loop against its aims: digits and cifar10-mini.
 
     .venv/bin/python benchmarks/openworld.py [--only demo|cifar10-mini] [--baseline | --no-loop]
         [key=value ...]
 
-`demo` runs configs/demo-novel.yaml (the digits loop on a pool of novel images, the demo until
-2026-12-01), `cifar10-mini` configs/openworld-cifar10-mini.yaml, each from an empty run folder
+`demo` runs configs/demo-novel.yaml (the digits loop on a pool of novel images, the count
+given), `cifar10-mini` configs/openworld-cifar10-mini.yaml, each from an empty run folder
 (benchmarks/out/openworld-<name>/), with the given overrides. Printed per loop:
 the aim figures (known accuracy, unknown AUROC of the chosen detector and of every scorer,
 novel clustering accuracy on the detected pool, final accuracy over all classes, old / new),
@@ -46,7 +46,7 @@ AIMS = {  # loop -> [(metric, aim, label)]
         ("discover.novel_acc", 0.90, "novel clustering accuracy (detected pool)"),
         ("incremental.all_acc", 0.90, "final accuracy, all classes"),
     ],
-    "cifar10-mini": [  # the real-photo issue's absolute aims
+    "cifar10-mini": [  # the real-photo loop's absolute aims
         ("supervised.known_acc", 0.85, "known accuracy"),
         ("openset.auroc", 0.75, "unknown AUROC (chosen detector)"),
         ("discover.novel_acc", 0.80, "novel clustering accuracy (pool)"),
@@ -54,7 +54,7 @@ AIMS = {  # loop -> [(metric, aim, label)]
         ("incremental.old_acc", 0.70, "  old classes"),
     ],
 }
-MARGINS = {  # the loop must beat the baseline by at least this much (real-photo issue)
+MARGINS = {  # the loop must beat the baseline by at least this much (the real-photo loop's aims)
     "supervised.known_acc": 0.05,
     "openset.auroc": 0.10,
     "discover.novel_acc": 0.10,

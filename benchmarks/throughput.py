@@ -6,7 +6,7 @@ run of the demo and of the cifar10-mini loop, against this machine's measured ma
 
 Each loop runs its config (`demo`: configs/demo.yaml, what `uniframework demo` runs, a mixed pool
 and the count estimated; `demo-novel`: configs/demo-novel.yaml, the digits loop on a pool of
-novel images with the count given, which `demo` named until 2026-12-01;
+novel images with the count given;
 configs/openworld-cifar10-mini.yaml; the overrides apply to every loop) from an empty run
 folder, benchmarks/out/throughput-<name>/, with a probe on every Lightning fit (supervised,
 discover and its over-counting run, each incremental task and its balanced fine-tune,

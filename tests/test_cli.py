@@ -197,3 +197,36 @@ def test_the_demo_is_the_realistic_open_world_and_the_easy_setting_is_its_own_co
     assert discover(demo)["num_novel"] == "auto" and discover(demo)["estimate_on"] == "heads"
     novel = load_config("configs/demo-novel.yaml")  # the transductive setting
     assert novel.data.labelled_fraction == 1.0 and discover(novel).get("num_novel") is None
+
+
+def test_help_describes_every_command_with_an_example(capsys):
+    from uniframework.cli import COMMANDS
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    for name, (summary, _) in COMMANDS.items():
+        assert name in top and summary.split(",")[0] in " ".join(top.split())
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        out = capsys.readouterr().out
+        assert "example:" in out and f"uniframework {name}" in out.replace("demo.onnx", "")
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    flat = " ".join(capsys.readouterr().out.split())
+    for stage in ("pretrain", "supervised", "openset", "discover", "incremental", "detect"):
+        assert stage in flat.split("--restart-from STAGE")[-1]
+
+
+def test_version_and_verbosity_anywhere(capsys):
+    from uniframework import __version__
+    from uniframework.cli import parser
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"uniframework {__version__}"
+    p = parser()
+    for argv in (["-q", "list"], ["list", "-q"], ["-q", "report", "r"], ["report", "r", "--quiet"]):
+        args = p.parse_args(argv)
+        assert args.quiet and not args.verbose, argv
+    assert p.parse_args(["report", "r", "-v"]).verbose and not p.parse_args(["list"]).verbose

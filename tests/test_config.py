@@ -78,3 +78,11 @@ def test_every_shipped_config_validates():
 
     for path in sorted(Path("configs").glob("*.yaml")):
         assert load_config(path).name, path
+
+
+def test_detect_refuses_the_trainer_keys_it_cannot_honour():
+    for override in ("trainer.precision=bf16-mixed", "trainer.devices=2", "trainer.logger=mlflow"):
+        with pytest.raises(UserError, match="detect stage trains on one device") as err:
+            load_config("configs/detect-digits.yaml", [override])
+        assert override.split("=")[0] in str(err.value) and "config key ''" not in str(err.value)
+    load_config("configs/detect-digits.yaml", ["trainer.max_epochs=2"])  # what it honours

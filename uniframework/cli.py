@@ -9,15 +9,58 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
+from . import __version__
 from .errors import UserError
 
-EPILOG = "Overrides: key.sub=value, e.g. data.batch_size=32 stages.supervised.lr=0.01"
+STAGE_LIST = "pretrain, supervised, openset, discover, incremental, detect"
+OVERRIDES = "Overrides: key.sub=value, e.g. data.batch_size=32 stages.supervised.lr=0.01"
+
+# one line each (`uniframework -h`), then what `uniframework COMMAND -h` adds: an example
+COMMANDS = {
+    "run": (
+        "run the stages of a config, resuming where it stopped",
+        "example:\n  uniframework run configs/my-photos.yaml data.root=PHOTOS --out runs/photos\n"
+        "  uniframework run configs/demo.yaml --out runs/demo --restart-from incremental",
+    ),
+    "demo": (
+        "the open-world loop on the embedded digits (configs/demo.yaml), ~2 min on a CPU",
+        "example:\n  uniframework demo                      # writes runs/demo\n"
+        "  uniframework demo seed=1 --out runs/demo-seed1",
+    ),
+    "list": (
+        "the registered backbones, datasets and stages",
+        "example:\n  uniframework list",
+    ),
+    "predict": (
+        "a learned class or unknown for each image, with scores (CSV or JSON)",
+        "example:\n  uniframework predict runs/demo my_images/ extra.png --out rows.csv\n"
+        "  uniframework predict demo.onnx my_images/ --format json",
+    ),
+    "label": (
+        "a local page to name, merge, split or reject the discovered groups",
+        "example:\n  uniframework label runs/demo --open\n"
+        "  uniframework run configs/demo.yaml --out runs/demo --restart-from incremental",
+    ),
+    "export": (
+        "the run's classifier + unknown detector as one ONNX file",
+        "example:\n  uniframework export runs/demo --out demo.onnx",
+    ),
+    "report": (
+        "(re)write a run's report.html",
+        "example:\n  uniframework report runs/demo",
+    ),
+}
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     p.add_argument("--out", type=Path, help="run directory (default: runs/<name>)")
-    p.add_argument("--restart-from", metavar="STAGE", help="redo STAGE and every stage after it")
+    p.add_argument(
+        "--restart-from",
+        metavar="STAGE",
+        help=f"redo STAGE and every stage after it; STAGE is one of the config's stages "
+        f"({STAGE_LIST})",
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -25,36 +68,49 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _verbosity_args() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+def _add_verbosity(p: argparse.ArgumentParser, default) -> None:
     g = p.add_mutually_exclusive_group()
-    g.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     g.add_argument(
-        "-v", "--verbose", action="store_true", help="also Lightning's messages (model summaries)"
+        "-q", "--quiet", action="store_true", default=default, help="print only warnings and errors"
     )
-    return p
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="also Lightning's messages (model summaries)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="uniframework", description="Open-world visual recognition.", epilog=EPILOG
+        prog="uniframework",
+        description="Open-world visual recognition: train on the classes you know, flag what is "
+        "unknown, discover new classes, learn them.",
+        epilog="`uniframework COMMAND -h` shows a command's options and an example. " + OVERRIDES,
     )
-    common = _verbosity_args()
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", parents=[common], help="run the stages of a config", epilog=EPILOG)
+    p.add_argument("--version", action="version", version=f"uniframework {__version__}")
+    _add_verbosity(p, False)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str) -> argparse.ArgumentParser:
+        summary, example = COMMANDS[name]
+        c = sub.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            epilog=example + (f"\n\n{OVERRIDES}" if name in ("run", "demo") else ""),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _add_verbosity(c, argparse.SUPPRESS)  # -q / -v before or after the command
+        return c
+
+    r = command("run")
     r.add_argument("config", type=Path, help="YAML config file")
     _add_run_args(r)
-    d = sub.add_parser(
-        "demo", parents=[common], help="the open-world loop on the embedded digits", epilog=EPILOG
-    )
-    _add_run_args(d)
-    sub.add_parser("list", parents=[common], help="registered backbones, datasets and stages")
-    pr = sub.add_parser(
-        "predict",
-        parents=[common],
-        help="known class / unknown / discovered class of images, with scores",
-        description="Predict images with a finished run's models (one row per image).",
-    )
+    _add_run_args(command("demo"))
+    command("list")
+    pr = command("predict")
     pr.add_argument(
         "run_dir", type=Path, help="run directory (runs/<name> or run --out), or an exported .onnx"
     )
@@ -63,26 +119,14 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--format", choices=["csv", "json"], help="default: json for a .json --out, else csv"
     )
-    lb = sub.add_parser(
-        "label",
-        parents=[common],
-        help="a local page to name, merge or reject the discovered classes",
-        description="Serve a page on 127.0.0.1 where a person names the discover stage's "
-        "clusters; saving writes RUN_DIR/discover/labels.json for the incremental stage.",
-    )
+    lb = command("label")
     lb.add_argument("run_dir", type=Path, help="run directory with a finished discover stage")
     lb.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     lb.add_argument("--open", action="store_true", help="open the page in the default browser")
-    ex = sub.add_parser(
-        "export",
-        parents=[common],
-        help="the run's classifier + unknown detector as one ONNX file",
-        description="Write the run's final classifier, its known-class classifier and its "
-        "open-set detector as one self-contained ONNX model (needs the `export` extra).",
-    )
+    ex = command("export")
     ex.add_argument("run_dir", type=Path, help="run directory (runs/<name> or run --out)")
     ex.add_argument("--out", type=Path, help="model file (default: RUN_DIR/model.onnx)")
-    rp = sub.add_parser("report", parents=[common], help="(re)write RUN_DIR/report.html")
+    rp = command("report")
     rp.add_argument("run_dir", type=Path, help="run directory (runs/<name> or run --out)")
     return p
 

@@ -160,6 +160,28 @@ class Config(Section):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     stages: list[dict[str, Any]] = Field(default_factory=lambda: [{"supervised": {}}])
 
+    @model_validator(mode="after")
+    def _detect_on_one_device(self):
+        """The detect stage's loops are plain PyTorch on one device (`trainer.accelerator`):
+        the trainer keys they cannot honour are refused, not ignored."""
+        if not any(isinstance(s, dict) and "detect" in s for s in self.stages):
+            return self
+        t, defaults = self.trainer, TrainerConfig()
+        ignored = [
+            f"trainer.{key}={getattr(t, key)!r}"
+            for key in ("precision", "devices", "num_nodes", "strategy", "accumulate_grad_batches")
+            if getattr(t, key) != getattr(defaults, key)
+        ]
+        if t.logger == "mlflow":
+            ignored.append("trainer.logger='mlflow'")
+        if ignored:
+            raise ValueError(
+                f"the detect stage trains on one device in full precision and logs to "
+                f"detect/*.json only, so {', '.join(ignored)} would be ignored: remove "
+                f"{'it' if len(ignored) == 1 else 'them'} (or run detect in a config of its own)"
+            )
+        return self
+
     def stage_list(self) -> list[tuple[str, BaseModel]]:
         """The stages in order, each with its validated options model."""
         return [_validate_stage(i, entry) for i, entry in enumerate(self.stages)]
@@ -212,6 +234,8 @@ def _explain(err: ValidationError, model: type[BaseModel], prefix: str = "") -> 
         if e["type"] == "extra_forbidden":
             hint = did_you_mean(str(loc[-1]), _fields_at(model, loc[:-1]))
             lines.append(f"config key '{key}' is not known{hint}")
+        elif not key:  # a rule across sections (a model validator of the whole config)
+            lines.append(str(e["msg"]).removeprefix("Value error, "))
         else:
             lines.append(f"config key '{key}' = {e.get('input')!r}: {e['msg']}")
     return (

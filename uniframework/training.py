@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -207,7 +208,10 @@ def fit(
     resume = str(last) if last.is_file() else None
     if resume:
         log.info("resuming from %s", last)
-    trainer.fit(module, train, val, ckpt_path=resume)
+    with warnings.catch_warnings():
+        # the folder holds this fit's own checkpoints, the ones it resumes from
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
+        trainer.fit(module, train, val, ckpt_path=resume)
 
 
 def best_state(trainer: L.Trainer) -> dict[str, torch.Tensor] | None:

@@ -113,7 +113,7 @@ def test_a_degenerate_unknown_fit_falls_back_to_the_known_weibull():
     assert decide.tolist() == [False, True]
 
 
-# --- issue 20: where the defaults follow ORE / OWOD and where they do not
+# --- where the defaults follow ORE / OWOD and where they do not
 
 
 def test_auto_label_default_is_ours_and_owod_background_iou_an_option():

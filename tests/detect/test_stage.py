@@ -108,7 +108,7 @@ def test_bad_task_class_is_a_user_error(tmp_path):
 
 
 def test_unmeetable_normalised_margin_is_a_user_error():
-    # issue 20: on L2-normalised features distances are at most 2; margin 10 is the raw default
+    # on L2-normalised features distances are at most 2; margin 10 is the raw default
     with pytest.raises(UserError, match="at most 2"):
         _cfg(contrastive_features="normalised", contrastive_margin=10.0)
     _cfg(contrastive_features="normalised")  # margin 1.0 by default

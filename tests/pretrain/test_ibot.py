@@ -315,7 +315,7 @@ def test_factory_defaults():
     assert "student.backbone.mask_token" in model.no_weight_decay()
 
 
-# ---------------------------------------------------------------- official defaults (issue 20)
+# ---------------------------------------------------------------- official defaults
 
 
 def test_teacher_shares_its_head_by_default_even_when_the_student_does_not():
@@ -342,7 +342,7 @@ def test_teacher_shares_its_head_by_default_even_when_the_student_does_not():
 
 def test_separate_teacher_head_is_an_option():
     model = tiny_ibot(shared_head=False, shared_head_teacher=False)
-    assert model.teacher.head.last_layer2 is not None  # the pre-issue-20 behaviour
+    assert model.teacher.head.last_layer2 is not None  # the teacher's own patch layer
     assert tiny_ibot().teacher.head.last_layer2 is None  # shared student: shared teacher
     with pytest.raises(ValueError, match="shared_head_teacher needs patch_out_dim"):
         tiny_ibot(shared_head=False, patch_out_dim=64)

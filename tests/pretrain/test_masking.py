@@ -175,7 +175,7 @@ def test_blockwise_errors():
         blockwise_mask(1, 8, 1.2)
 
 
-# ---------------------------------------------------------------- paper defaults (issue 20)
+# ---------------------------------------------------------------- paper defaults
 
 
 @pytest.mark.parametrize(

@@ -134,7 +134,7 @@ def test_method_model_trains_and_exports_into_the_backbone(method, overrides):
 @pytest.mark.parametrize(
     ("size", "patch", "option", "want"),
     [
-        (224, 16, None, 32),  # the paper's 32 px mask patch (issue 20; was 56)
+        (224, 16, None, 32),  # the paper's 32 px mask patch
         (192, 16, None, 32),  # (was 48)
         (32, 4, None, 8),  # below 128 px: a quarter of the side (4 x 4 mask patches)
         (16, 4, None, 4),

@@ -1,4 +1,4 @@
-"""Issue 20: the supervised stage's ORE defaults — prototype schedule and feature space."""
+"""The supervised stage's ORE defaults — prototype schedule and feature space."""
 
 from types import SimpleNamespace
 

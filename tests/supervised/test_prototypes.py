@@ -97,7 +97,7 @@ def test_sync_is_noop_without_dist_and_averages_with_one_rank(tmp_path):
         dist.destroy_process_group()
 
 
-# --- issue 20: where the defaults follow ORE (Joseph et al., CVPR 2021) and where they do not
+# --- where the defaults follow ORE (Joseph et al., CVPR 2021) and where they do not
 
 
 def test_update_interval_keeps_owod_ratio_by_default():

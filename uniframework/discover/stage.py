@@ -26,8 +26,8 @@ the heads' partitions of the pool by two criteria that fail in opposite ways
 (`clustering.count_by_consensus`; `estimator` is not used): the silhouette of each partition
 after k-means refines it (a head's balanced partition lags the features), which merges two
 close classes, and the spectral gap at c on a k-nearest-neighbour graph of the features, which
-splits a class with two modes; the best sum of their ranks wins (BENCHMARKS.md "A count that
-two criteria agree on").
+splits a class with two modes; the best sum of their ranks wins (BENCHMARKS.md "The class
+count").
 Training then goes on with the chosen head as the novel head (`novel_head_from`): it is a
 trained head of the estimated size, so the `max_epochs` after the count can be few.
 Methods (option `method`): `openmix` (OpenMix), `kmeans`, `sinkhorn` (UNO-style head),

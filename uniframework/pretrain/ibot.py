@@ -17,8 +17,7 @@ Where we follow the official code (bytedance/ibot) and where we do not:
   our default too), and the teacher shares one last layer for [CLS] and patches unless
   `shared_head_teacher=False` (official `--shared_head_teacher`, default true); that shared layer
   is the EMA of the student's [CLS] last layer, as the official EMA matches parameters by name.
-  `shared_head_teacher=False` gives the teacher a copy of the student's patch layer (what this
-  code did for `shared_head=False` before issue 20).
+  `shared_head_teacher=False` gives the teacher a copy of the student's patch layer.
 - block masks: the smallest block is the official `(min(h, w) // 3) ** 2` patches (16 on a
   14 x 14 grid, 4 on 8 x 8, 1 on 4 x 4; `min_num_patches` fixes it, e.g. BEiT's 4); see
   `masking.py` for why, and for how we finish the exact masked count where the official loop
