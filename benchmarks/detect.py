@@ -39,7 +39,7 @@ def run_method(method: str, args: argparse.Namespace) -> tuple[dict, float]:
         "num_train": args.num_train,
         "num_test": args.num_test,
         "task_sizes": [5, 3],
-        "epochs": args.epochs,
+        "max_epochs": args.epochs,
         "finetune_epochs": args.finetune_epochs,
         "exemplars_per_class": args.exemplars,
         "figures": False,

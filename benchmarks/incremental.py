@@ -29,7 +29,7 @@ SETUPS = {
     "digits": (
         "configs/digits.yaml",
         ["data.image_size=16", "data.batch_size=64", "model.backbone=resnet_tiny"],
-        {"memory": 200, "epochs": 10, "lr": 0.003},
+        {"memory": 200, "max_epochs": 10, "lr": 0.003},
     ),
     # 1,000 train images per class; 16 px and 4 epochs per task to fit a 1-thread CPU budget
     "cifar10-mini": (
@@ -40,7 +40,7 @@ SETUPS = {
             "data.batch_size=128",
             "model.backbone=resnet_tiny",
         ],
-        {"memory": 500, "epochs": 4, "lr": 0.002},
+        {"memory": 500, "max_epochs": 4, "lr": 0.002},
     ),
 }
 

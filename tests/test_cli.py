@@ -12,7 +12,7 @@ from uniframework.cli import main
 from .conftest import TINY
 
 # the demo's whole loop, tiny: few discovery and incremental epochs
-DEMO = [*TINY, "stages.discover.max_epochs=2", "stages.incremental.epochs=1"]
+DEMO = [*TINY, "stages.discover.max_epochs=2", "stages.incremental.max_epochs=1"]
 
 
 def test_run_writes_the_run_directory(tmp_path, capsys):

@@ -86,3 +86,28 @@ def test_detect_refuses_the_trainer_keys_it_cannot_honour():
             load_config("configs/detect-digits.yaml", [override])
         assert override.split("=")[0] in str(err.value) and "config key ''" not in str(err.value)
     load_config("configs/detect-digits.yaml", ["trainer.max_epochs=2"])  # what it honours
+
+
+@pytest.mark.parametrize(
+    "override, new",
+    [
+        ("stages.incremental.epochs=3", "max_epochs"),
+        ("stages.supervised.unknown_select=known_weibull", "auto_label"),
+    ],
+)
+def test_a_renamed_key_is_refused_with_its_new_name(override, new):
+    with pytest.raises(UserError, match=f"was renamed '{new}' \\(CHANGELOG.md\\)"):
+        load_config("configs/demo.yaml", [override])
+
+
+def test_a_run_directory_written_before_a_rename_still_reads(tmp_path):
+    from uniframework.config import renamed_keys
+
+    tree = {"stages": [{"supervised": {"unknown_select": "topk"}}, {"incremental": {"epochs": 2}}]}
+    assert renamed_keys(tree)["stages"] == [
+        {"supervised": {"auto_label": "topk"}},
+        {"incremental": {"max_epochs": 2}},
+    ]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(tree))
+    cfg = load_config(tmp_path / "config.yaml", saved_run=True)
+    assert dict(cfg.stage_list())["incremental"].max_epochs == 2

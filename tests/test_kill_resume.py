@@ -50,7 +50,7 @@ DETECT = {  # 2 tasks of 2 digit classes on 16 small scenes, 3 epochs each, a sm
     "rpn_pre_nms": 50,
     "rpn_post_nms": 20,
     "roi_batch": 16,
-    "epochs": 3,
+    "max_epochs": 3,
     "exemplars_per_class": 2,
     "finetune_epochs": 1,
     "figures": False,

@@ -89,7 +89,7 @@ def test_the_loop_runs_on_own_folders_and_says_what_it_found(world, tmp_path, ca
         "stages.discover.estimate_epochs=2",
         "stages.discover.max_epochs=2",
         "stages.discover.max_novel=6",
-        "stages.incremental.epochs=1",
+        "stages.incremental.max_epochs=1",
         "stages.incremental.balanced_epochs=1",
         "stages.incremental.memory=50",
     )
@@ -216,7 +216,7 @@ def test_no_stage_reads_the_pools_truth(tmp_path, monkeypatch):
             "stages.discover.estimate_epochs=1",
             "stages.discover.max_epochs=1",
             "stages.discover.max_novel=4",
-            "stages.incremental.epochs=1",
+            "stages.incremental.max_epochs=1",
             "stages.incremental.memory=40",
         ],
     )

@@ -40,7 +40,7 @@ LEARNED_RUN = [
     "trainer.max_epochs=6",
     "stages=[{supervised: {lr: 0.003}}, "
     "{openset: {detector: knn, scorers: [knn], figures: false}}, "
-    "{incremental: {source: split, learner: ore, memory: 100, epochs: 6, lr: 0.005, "
+    "{incremental: {source: split, learner: ore, memory: 100, max_epochs: 6, lr: 0.005, "
     "figures: false}}]",
 ]
 

@@ -42,7 +42,7 @@ STAGES = [
     {"openset": {}},
     {"discover": {"method": "kmeans"}},
     # the open-set stage's energy + Weibull refitted (ORE): the export's Weibull graph is tested
-    {"incremental": {"source": "discover", "epochs": 1, "memory": 50, "detector": "openset"}},
+    {"incremental": {"source": "discover", "max_epochs": 1, "memory": 50, "detector": "openset"}},
 ]
 SECTIONS = [
     "What ran",

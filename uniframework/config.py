@@ -200,6 +200,29 @@ def _stage_registry():  # the stage modules register themselves on import
     return STAGES
 
 
+# Stage options that were renamed: (stage, old key) -> new key (CHANGELOG.md). A config that
+# uses an old key is refused with the new name; a run directory written before the rename is
+# read with its keys renamed (`renamed_keys`).
+RENAMED = {
+    ("supervised", "unknown_select"): "auto_label",  # as the openset stage's, same idea
+    ("incremental", "epochs"): "max_epochs",  # as every other stage's
+    ("detect", "epochs"): "max_epochs",
+}
+
+
+def renamed_keys(tree: dict[str, Any]) -> dict[str, Any]:
+    """`tree` (a config mapping) with every old stage key of `RENAMED` under its new name."""
+    stages = []
+    for entry in tree.get("stages") or []:
+        if isinstance(entry, dict) and len(entry) == 1:
+            ((name, options),) = entry.items()
+            if isinstance(options, dict):
+                options = {RENAMED.get((name, k), k): v for k, v in options.items()}
+            entry = {name: options}
+        stages.append(entry)
+    return {**tree, "stages": stages} if "stages" in tree else tree
+
+
 def _validate_stage(index: int, entry: Any) -> tuple[str, BaseModel]:
     if not isinstance(entry, dict) or len(entry) != 1:
         raise UserError(
@@ -207,6 +230,13 @@ def _validate_stage(index: int, entry: Any) -> tuple[str, BaseModel]:
             f"got {entry!r}. Example:\nstages:\n  - supervised: {{lr: 0.001}}"
         )
     ((name, options),) = entry.items()
+    for key in options or {}:
+        if (name, key) in RENAMED:
+            new = RENAMED[(name, key)]
+            raise UserError(
+                f"config key 'stages.{index}.{name}.{key}' was renamed '{new}' (CHANGELOG.md): "
+                f"write {new}: {options[key]!r} instead"
+            )
     stage = _stage_registry().get(name)
     try:
         return name, stage.Options.model_validate(options or {})
@@ -294,8 +324,11 @@ def _apply(tree: dict[str, Any], parts: list[str], value: Any, text: str) -> Non
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read YAML (or start from defaults), apply overrides, validate everything."""
+def load_config(
+    path: str | Path | None, overrides: list[str] = (), saved_run: bool = False
+) -> Config:
+    """Read YAML (or start from defaults), apply overrides, validate everything. `saved_run`:
+    the file is a run directory's own `config.yaml`, whose renamed keys are read as renamed."""
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -307,6 +340,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise UserError(f"config file '{path}' is not valid YAML: {err}") from None
         if not isinstance(tree, dict):
             raise UserError(f"config file '{path}' must hold a mapping of sections at the top")
+        if saved_run:
+            tree = renamed_keys(tree)
     for text in overrides:
         parts, value = parse_override(text)
         _apply(tree, parts, value, text)

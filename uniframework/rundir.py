@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import yaml
 
-from .config import Config, ModelConfig, load_config
+from .config import Config, ModelConfig, load_config, renamed_keys
 from .data import OpenWorldData
 from .data.images import working_short_side
 from .errors import UserError
@@ -159,7 +159,7 @@ def read_saved_config(run_dir: Path) -> dict[str, Any] | None:
         raise UserError(
             f"'{path}' is not valid YAML ({err}); rerun with --overwrite or another --out"
         ) from None
-    return tree if isinstance(tree, dict) else None
+    return renamed_keys(tree) if isinstance(tree, dict) else None  # written before a rename
 
 
 def clear_run_dir(run_dir: Path) -> None:
@@ -265,7 +265,7 @@ def open_run(run_dir: str | Path) -> tuple[RunContext, dict]:
             f"'{run_dir}' is not a run directory (no {' or '.join(missing)}): give the folder "
             "`uniframework run` wrote (runs/<name>, or its --out)"
         )
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / "config.yaml", saved_run=True)
     return RunContext(cfg, run_dir), read_json(run_dir / "state.json")
 
 

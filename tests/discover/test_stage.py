@@ -163,6 +163,7 @@ def test_the_trained_estimates_need_a_trained_head(tmp_path, estimate_on):
     cfg.stages[2]["discover"].update(num_novel="auto", estimate_on=estimate_on)
     with pytest.raises(UserError, match=f"{estimate_on} trains the novel head first"):
         run(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()  # refused before any stage ran
 
 
 def test_the_count_heads_need_two_counts_to_compare(tmp_path):
@@ -170,6 +171,7 @@ def test_the_count_heads_need_two_counts_to_compare(tmp_path):
     cfg.stages[2]["discover"].update(num_novel="auto", estimate_on="heads", max_novel=1)
     with pytest.raises(UserError, match="set max_novel to 2 or more"):
         run(cfg, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()  # refused before any stage ran
 
 
 @pytest.mark.parametrize("estimate_on", ["overclustered", "heads"])

@@ -15,7 +15,7 @@ from ..conftest import TINY
 @pytest.mark.slow
 def test_incremental_under_ddp_shares_one_memory(tmp_path):
     config = tmp_path / "c.yaml"
-    opts = {"learner": "icarl", "memory": 20, "epochs": 1, "figures": False}
+    opts = {"learner": "icarl", "memory": 20, "max_epochs": 1, "figures": False}
     config.write_text(yaml.safe_dump({"stages": [{"incremental": opts}]}))
     out = tmp_path / "run"
     r = subprocess.run(

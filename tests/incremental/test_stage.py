@@ -33,7 +33,7 @@ def test_icarl_forgets_less_than_finetune_and_resumes(tmp_path):
         None,
         [
             *FIVE_TASKS,
-            _stage("learner: icarl, compare: [finetune], memory: 40, epochs: 8, lr: 0.005"),
+            _stage("learner: icarl, compare: [finetune], memory: 40, max_epochs: 8, lr: 0.005"),
         ],
     )
     m = run(cfg, tmp_path)
@@ -83,7 +83,7 @@ def test_source_discover_trains_on_pseudo_labels(tmp_path):
             *TINY,
             "data.num_known=2",
             "data.num_tasks=3",
-            _stage("source: discover, learner: replay, memory: 60, epochs: 4, lr: 0.005"),
+            _stage("source: discover, learner: replay, memory: 60, max_epochs: 4, lr: 0.005"),
         ],
     )
     with pytest.raises(UserError, match="discovered.json.*source=split"):
@@ -168,7 +168,7 @@ def test_supervised_then_incremental_writes_every_metric(tmp_path):
             "data.num_known=4",
             "data.num_tasks=3",
             "stages=[{supervised: {unknown_class: true, lr: 0.003}}, "
-            "{incremental: {learner: ore, compare: [lwf, replay], memory: 50, epochs: 2}}]",
+            "{incremental: {learner: ore, compare: [lwf, replay], memory: 50, max_epochs: 2}}]",
         ],
     )
     m = run(cfg, tmp_path)

@@ -113,7 +113,12 @@ def test_the_whole_loop_runs_on_the_batched_path(tmp_path, monkeypatch):
         monkeypatch.setattr(module, "fit", spy)
     cfg = load_config(
         "configs/demo-novel.yaml",
-        [*TINY, "data.batched=true", "stages.discover.max_epochs=1", "stages.incremental.epochs=1"],
+        [
+            *TINY,
+            "data.batched=true",
+            "stages.discover.max_epochs=1",
+            "stages.incremental.max_epochs=1",
+        ],
     )
     metrics = run(cfg, tmp_path)
     assert {"BatchTwoViews", "BatchView"} <= set(seen) and set(seen) <= {

@@ -1,4 +1,4 @@
-"""The supervised stage's per-epoch unknown selection (`unknown_select: known_weibull`): a rule
+"""The supervised stage's per-epoch unknown selection (`auto_label: known_weibull`): a rule
 calibrated on the held-out knowns, re-selected from a frozen snapshot, reported against the
 pool's hidden truth."""
 
@@ -47,7 +47,7 @@ def test_selection_takes_the_pool_images_unlike_the_held_out_knowns():
         [_confident(90, 1), torch.randn(10, 5, generator=torch.Generator().manual_seed(2))]
     )
     index = torch.arange(100) * 3 + 7  # dataset indices, not positions
-    opts = SupervisedOptions(unknown_select="known_weibull", unknown_start_epoch=1)
+    opts = SupervisedOptions(auto_label="known_weibull", unknown_start_epoch=1)
     cb = UnknownSelection(_batches(val, torch.arange(100)), _batches(pool, index), 400, opts, 5)
     module = types.SimpleNamespace(model=_Logits(), device=torch.device("cpu"))
     cb.on_train_epoch_start(types.SimpleNamespace(current_epoch=0), module)
@@ -72,7 +72,7 @@ def test_a_mixed_pool_run_reports_the_selection(tmp_path):
         [
             *TINY,
             "data.labelled_fraction=0.5",
-            "stages.supervised.unknown_select=known_weibull",
+            "stages.supervised.auto_label=known_weibull",
             "stages.supervised.unknown_start_epoch=1",
         ],
     )

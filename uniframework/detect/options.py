@@ -6,12 +6,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..config import Section
-from ..supervised.prototypes import UPDATE_FRACTION, hinge_margin
+from ..supervised.ore_options import OreOptions
 from .ore import UNKNOWN_IOU
 
 
-class DetectOptions(Section):
+class DetectOptions(OreOptions):
     """Options of the `detect` stage (its data options live here: `data` is classification's)."""
 
     method: Literal["ore", "baseline"] = "ore"
@@ -46,7 +45,7 @@ class DetectOptions(Section):
     score_thresh: float = Field(0.05, ge=0, lt=1)
 
     # training
-    epochs: int | None = Field(None, ge=1)  # per task; None = trainer.max_epochs
+    max_epochs: int | None = Field(None, ge=1)  # per task; None = trainer.max_epochs
     batch_size: int = Field(4, ge=1)
     lr: float = Field(3e-3, gt=0)  # AdamW, warm-up + cosine
     weight_decay: float = Field(1e-4, ge=0)
@@ -55,20 +54,10 @@ class DetectOptions(Section):
     finetune_epochs: int = Field(4, ge=1)
     finetune_lr: float | None = Field(None, gt=0)  # None = lr
 
-    # ORE (ignored by method: baseline)
-    unknown_topk: int = Field(1, ge=1)  # auto-labelled unknowns per image (OWOD: 1)
+    # ORE (ignored by method: baseline); its shared options: supervised/ore_options.py
+    contrastive_start: float = Field(0.25, ge=0, le=1)  # fraction of a task's steps
     # "overlaps no GT": IoU below this with every box (OWOD: 0.5, its RoI background threshold)
     unknown_iou: float = Field(UNKNOWN_IOU, gt=0, le=1)
-    contrastive_weight: float = Field(0.1, ge=0)
-    # raw RoI features (paper) or L2-normalised features and prototypes in the hinge loss
-    contrastive_features: Literal["raw", "normalised"] = "raw"
-    contrastive_margin: float | None = Field(None, gt=0)  # None: raw 10 (paper), normalised 1.0
-    store_size: int = Field(20, ge=1)  # features per class in the store (paper: 20)
-    prototype_momentum: float = Field(0.99, ge=0, le=1)  # paper: 0.99
-    # steps between prototype updates; None = `prototype_every_fraction` of each training loop
-    prototype_every: int | None = Field(None, ge=1)
-    prototype_every_fraction: float = Field(UPDATE_FRACTION, gt=0, le=1)  # OWOD: 3000 / 18000
-    contrastive_start: float = Field(0.25, ge=0, le=1)  # fraction of a task's steps
     temperature: float = Field(1.5, gt=0)  # energy T (official code)
     figures: bool = True
 
@@ -80,5 +69,4 @@ class DetectOptions(Section):
                 raise ValueError(f"'{name}' must be (min, max) with 1 <= min <= max")
         if self.digit_size[1] >= self.image_size:
             raise ValueError("'digit_size' max must be smaller than 'image_size'")
-        hinge_margin(self.contrastive_margin, self.contrastive_features)  # raises if unmeetable
         return self

@@ -118,7 +118,7 @@ class DetectStage:
     def run(ctx, opts: DetectOptions) -> dict[str, float]:
         cfg, run_dir = ctx.cfg, Path(ctx.run_dir)
         device = device_for(cfg.trainer.accelerator)
-        epochs = opts.epochs or cfg.trainer.max_epochs
+        epochs = opts.max_epochs or cfg.trainer.max_epochs
         torch.manual_seed(cfg.seed)
         train_all, test = load_data(opts, cfg.seed)
         protocol = build_protocol(

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..config import Section
 from ..data.splits import UNKNOWN
@@ -123,6 +123,21 @@ class DiscoverOptions(Section):
     gcd_hidden_dim: int = Field(512, ge=1)  # GCD: projection MLP width (official 2048)
     figures: bool = True
 
+    @model_validator(mode="after")
+    def _count_run_fits_method(self) -> DiscoverOptions:
+        """Refused here, before any stage runs: the counting run trains the novel head."""
+        if self.estimate_on != "supervised" and self.method not in ("openmix", "sinkhorn"):
+            raise ValueError(
+                f"estimate_on = {self.estimate_on} trains the novel head first: use method "
+                "openmix or sinkhorn, or estimate_on: supervised"
+            )
+        if self.estimate_on == "heads" and self.max_novel < 2:
+            raise ValueError(
+                "estimate_on = heads compares counts from 2 to max_novel: set max_novel to 2 "
+                f"or more (it is {self.max_novel})"
+            )
+        return self
+
 
 @STAGES.register("discover")
 class DiscoverStage:
@@ -172,17 +187,7 @@ class DiscoverStage:
             ]
         auto = opts.num_novel == "auto"
         heads = auto and opts.estimate_on == "heads"
-        if auto and opts.estimate_on != "supervised":
-            if opts.method not in ("openmix", "sinkhorn"):
-                raise UserError(
-                    f"stages.discover.estimate_on = {opts.estimate_on} trains the novel head "
-                    "first: use method openmix or sinkhorn, or estimate_on: supervised"
-                )
-            if heads and opts.max_novel < 2:
-                raise UserError(
-                    "stages.discover.estimate_on = heads compares counts from 2 to max_novel: "
-                    f"set max_novel to 2 or more (it is {opts.max_novel})"
-                )
+        if auto and opts.estimate_on != "supervised":  # method and max_novel: the options
             if len(pool["index"]) <= opts.max_novel:
                 raise UserError(
                     f"stages.discover.estimate_on = {opts.estimate_on} first splits the pool into "

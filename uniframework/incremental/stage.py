@@ -64,7 +64,7 @@ class IncrementalOptions(Section):
     compare: list[LearnerName] = Field(default_factory=list)  # also run: `<name>.<metric>`
     memory: int = Field(2000, ge=1)  # total exemplars (iCaRL's K), or per class (below)
     memory_per_class: bool = False
-    epochs: int | None = Field(None, ge=1)  # per task; None = trainer.max_epochs
+    max_epochs: int | None = Field(None, ge=1)  # per task; None = trainer.max_epochs
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
@@ -132,7 +132,7 @@ def _task0_model(ctx, opts, plan: TaskPlan) -> Classifier:
     if not path.is_file():
         log.info("incremental: no supervised checkpoint, training task 0 here")
         view = _view(ctx, plan.train_index[0], plan.train_labels[0], train=True)
-        _train(ctx, opts, model, None, None, view, "incremental/task0", opts.epochs, opts.lr)
+        _train(ctx, opts, model, None, None, view, "incremental/task0", opts.max_epochs, opts.lr)
         if rank_zero_only.rank == 0:
             save_weights(path, model.state_dict(), {"num_known": k})
         _barrier()
@@ -208,7 +208,7 @@ def run_learner(ctx, opts, plan: TaskPlan, learner: Learner, base: Classifier) -
                 labels = np.concatenate([labels, memory.labels.numpy()])
             view = _view(ctx, index, labels, train=True)
             key = f"incremental/{learner.name}/task{t}"
-            _train(ctx, opts, model, old, learner.distill, view, key, opts.epochs, opts.lr)
+            _train(ctx, opts, model, old, learner.distill, view, key, opts.max_epochs, opts.lr)
             del old
         if memory is not None:
             _select(ctx, memory, model, plan, t, folder / f"task{t}.memory.json")

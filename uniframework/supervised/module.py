@@ -20,7 +20,7 @@ Two ORE components (Joseph et al., CVPR 2021) are options:
   from the unlabelled pool; the `unknown_topk` samples the model judges least known (highest
   energy over the known logits, or farthest from every prototype) are trained as unknown —
   ORE's auto-labelling, transplanted from RPN proposals to the unlabelled pool
-  (`unknown_select: topk`). On a pool that mixes known and novel images, `unknown_select:
+  (`auto_label: topk`). On a pool that mixes known and novel images, `auto_label:
   known_weibull` instead trains as unknown the pool images a Weibull on the held-out knowns finds
   unlikely, re-selected once per epoch from a frozen snapshot (`unknown_selection.py`).
 - `energy_margins`: energy-bounded learning (Liu et al. 2020, `energy_bounded.py`) on the same
@@ -34,28 +34,26 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..config import Section
 from ..errors import UserError
 from ..models import Classifier
 from ..openset.scores import energy_score
 from ..training import warmup_cosine
 from .energy_bounded import energy_margin_loss
+from .ore_options import OreOptions
 from .progressive import ProgressiveOptions, mixup, parse_progressive
 from .prototypes import (
-    UPDATE_FRACTION,
     FeatureStore,
     contrastive_clustering_loss,
-    hinge_margin,
     prototype_interval,
     update_prototypes,
 )
 
 
-class SupervisedOptions(Section):
-    """Options of the `supervised` stage."""
+class SupervisedOptions(OreOptions):
+    """Options of the `supervised` stage (ORE's shared options: `ore_options.py`)."""
 
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)
@@ -72,24 +70,14 @@ class SupervisedOptions(Section):
     keep: Literal["val_acc", "val_loss", "last"] = "val_acc"
     # ORE contrastive clustering (paper: margin 10, queue 20 per class, momentum 0.99)
     contrastive: bool = False
-    contrastive_weight: float = Field(0.1, ge=0)
-    # raw (paper) or L2-normalised features and prototypes in the hinge loss (for ViTs)
-    contrastive_features: Literal["raw", "normalised"] = "raw"
-    contrastive_margin: float | None = Field(None, gt=0)  # None: raw 10 (paper), normalised 1.0
-    store_size: int = Field(20, ge=1)  # features kept per class
-    prototype_momentum: float = Field(0.99, ge=0, le=1)
-    # steps between prototype updates; None = `prototype_every_fraction` of the run's steps
-    prototype_every: int | None = Field(None, ge=1)
-    prototype_every_fraction: float = Field(UPDATE_FRACTION, gt=0, le=1)  # OWOD: 3000 / 18000
     contrastive_start_epoch: int = Field(1, ge=0)
     # ORE auto-labelled unknown class
     unknown_class: bool = False
-    unknown_topk: int = Field(1, ge=1)  # pool samples per batch auto-labelled unknown (both)
     unknown_by: Literal["energy", "prototype"] = "energy"
     unknown_weight: float = Field(1.0, ge=0)
     # which pool images are the unknowns: per batch the `unknown_topk` least known (ORE), or per
     # epoch those a Weibull on the held-out knowns finds unlikely, CDF < `unknown_alpha`
-    unknown_select: Literal["topk", "known_weibull"] = "topk"
+    auto_label: Literal["topk", "known_weibull"] = "topk"
     unknown_alpha: float = Field(0.05, gt=0, lt=1)
     unknown_start_epoch: int = Field(1, ge=0)  # known_weibull: first epoch with unknowns
     # energy-bounded learning (Liu et al. 2020, energy_bounded.py) on the same auto-labelled
@@ -106,16 +94,6 @@ class SupervisedOptions(Section):
     def uses_pool(self) -> bool:
         """Whether training draws pool batches (the auto-labelled unknowns)."""
         return self.unknown_class or self.energy_margins is not None
-
-    @property
-    def margin(self) -> float:
-        """The contrastive hinge margin in use (`contrastive_margin` or the space's default)."""
-        return hinge_margin(self.contrastive_margin, self.contrastive_features)
-
-    @model_validator(mode="after")
-    def _margin_fits_space(self) -> SupervisedOptions:
-        hinge_margin(self.contrastive_margin, self.contrastive_features)  # raises if unmeetable
-        return self
 
     @field_validator("energy_margins")
     @classmethod
@@ -206,7 +184,7 @@ class SupervisedModule(L.LightningModule):
             xu = batch["pool"][0]
             fu = self.model.forward_features(xu)
             lu = self.model.forward_head(fu)
-            if o.unknown_select == "known_weibull":
+            if o.auto_label == "known_weibull":
                 pick = torch.nonzero(self.selected[batch["pool"][2].to(self.device)]).flatten()
             else:
                 ready = getattr(self, "prototypes_ready", False)

@@ -59,11 +59,11 @@ class SupervisedStage:
                     "data.num_known below the class count or data.labelled_fraction below 1"
                 )
             train_views.append(pool)
-            if opts.unknown_select == "known_weibull":
+            if opts.auto_label == "known_weibull":
                 if not has_val:
                     raise UserError(
-                        "stages.supervised.unknown_select = known_weibull fits the held-out "
-                        "knowns: set data.val_fraction > 0, or use unknown_select: topk"
+                        "stages.supervised.auto_label = known_weibull fits the held-out "
+                        "knowns: set data.val_fraction > 0, or use auto_label: topk"
                     )
                 trainer.callbacks.append(
                     UnknownSelection(
