@@ -22,7 +22,7 @@ from uniframework.openset.detector import REFIT_DIR, Detector
 from uniframework.openset.scores import make_scorer
 from uniframework.openset.weibull import EnergyWeibullScorer, WeibullIdentifier, WeibullParams
 from uniframework.predict import predict
-from uniframework.report import open_run
+from uniframework.rundir import open_run
 from uniframework.training import extract
 
 from .test_predict import (  # noqa: F401  (fixtures; pytest finds them by name)

@@ -118,7 +118,7 @@ KILLS = [
     (
         "inside detect task 1",
         "checkpoints/detect/task1/last.ckpt",
-        lambda ckpt: _epoch(ckpt) < DETECT["epochs"],  # the loop counts epochs done
+        lambda ckpt: _epoch(ckpt) < DETECT["max_epochs"],  # the loop counts epochs done
         "resuming after epoch",
     ),
 ]

@@ -38,9 +38,9 @@ from uniframework.discover.labels import sha256_of
 from uniframework.incremental.tasks import plan_from_discover
 from uniframework.io import load_weights, read_json, write_json
 from uniframework.label import LabelPage, make_server, split_cluster
-from uniframework.pipeline import RunContext
 from uniframework.predict import predict
-from uniframework.report import confusion_counts, open_run, write_report
+from uniframework.report import confusion_counts, write_report
+from uniframework.rundir import RunContext, open_run
 
 from .test_report import chromium, tiny_run  # noqa: F401  (shared fixtures, found by name)
 

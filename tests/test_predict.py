@@ -22,8 +22,8 @@ from uniframework.io import load_weights, read_json, save_weights
 from uniframework.openset.detector import REFIT_DIR, Detector
 from uniframework.openset.scores import make_scorer
 from uniframework.pipeline import run
-from uniframework.predict import PREPROCESS, predict
-from uniframework.report import open_run
+from uniframework.predict import predict
+from uniframework.rundir import PREPROCESS, open_run
 from uniframework.training import extract
 
 from .conftest import TINY

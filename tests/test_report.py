@@ -21,7 +21,8 @@ from uniframework.cli import main
 from uniframework.config import load_config
 from uniframework.io import read_json
 from uniframework.pipeline import run
-from uniframework.report import confusion_counts, open_run, write_report
+from uniframework.report import confusion_counts, write_report
+from uniframework.rundir import open_run
 
 from .conftest import TINY
 
