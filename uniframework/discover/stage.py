@@ -57,15 +57,13 @@ A person's own folders (no truth): `pool` defaults to `detected` and `num_novel`
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
-from pydantic import Field, model_validator
 
-from ..config import Section
 from ..data.splits import UNKNOWN
 from ..errors import UserError
 from ..io import save_weights, write_json
@@ -85,58 +83,9 @@ from .clustering import (
 from .gcd import centre_head
 from .groups import evaluate, group_diagnostics, order_by_size, write_groups
 from .labels import cluster_name
+from .options import DiscoverOptions
 
 log = logging.getLogger(__name__)
-
-
-class DiscoverOptions(Section):
-    """Options of the `discover` stage."""
-
-    method: Literal["openmix", "kmeans", "sinkhorn", "sskmeans", "gcd"] = "openmix"
-    pool: Literal["novel", "detected", "all"] = "novel"
-    num_novel: int | Literal["auto"] | None = None  # None = the split's true count
-    # how `auto` counts the novel classes; `silhouette` = `clustering.estimate_by_silhouette`
-    estimator: Literal["gcd", "dtc", "silhouette"] = "gcd"
-    # gcd / silhouette: the largest count within this of the best score (None: 0.01 / 0.02)
-    estimate_tolerance: float | None = Field(None, ge=0)
-    max_novel: int = Field(10, ge=1)  # largest count tried by `auto`
-    estimate_on: Literal["supervised", "overclustered", "heads"] = "supervised"
-    estimate_epochs: int = Field(15, ge=1)  # overclustered / heads: epochs with max_novel outputs
-    max_epochs: int | None = Field(None, ge=1)  # None = trainer.max_epochs
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    warmup_epochs: float = Field(0.0, ge=0)
-    mix_alpha: float = Field(1.0, gt=0)  # mixing coefficient lam ~ Beta(alpha, alpha)
-    anchor_threshold: float = Field(0.9, gt=0, le=1)  # OpenMix: confidence of reliable anchors
-    # OpenMix anchors: `network` (paper: the head's softmax) or `sinkhorn` (the balanced
-    # pseudo-label; the default, measured better from a k-means start: openmix.py)
-    anchor_from: Literal["network", "sinkhorn"] = "sinkhorn"
-    anchor_weight: float = Field(1.0, ge=0)
-    mix_weight: float = Field(1.0, ge=0)  # OpenMix: labelled x unlabelled mixtures
-    sinkhorn_epsilon: float = Field(0.05, gt=0)
-    # openmix / sinkhorn: UNO's over-clustering head with overcluster x n outputs (0 = none)
-    overcluster: int = Field(0, ge=0)
-    gcd_sup_weight: float = Field(0.35, ge=0, le=1)  # GCD: (1 - lam) InfoNCE + lam SupCon
-    gcd_temperature: float = Field(1.0, gt=0)  # GCD: InfoNCE temperature (official code)
-    gcd_sup_temperature: float = Field(0.07, gt=0)  # GCD: SupCon temperature
-    gcd_proj_dim: int = Field(256, ge=1)  # GCD: projection output (official 65536)
-    gcd_hidden_dim: int = Field(512, ge=1)  # GCD: projection MLP width (official 2048)
-    figures: bool = True
-
-    @model_validator(mode="after")
-    def _count_run_fits_method(self) -> DiscoverOptions:
-        """Refused here, before any stage runs: the counting run trains the novel head."""
-        if self.estimate_on != "supervised" and self.method not in ("openmix", "sinkhorn"):
-            raise ValueError(
-                f"estimate_on = {self.estimate_on} trains the novel head first: use method "
-                "openmix or sinkhorn, or estimate_on: supervised"
-            )
-        if self.estimate_on == "heads" and self.max_novel < 2:
-            raise ValueError(
-                "estimate_on = heads compares counts from 2 to max_novel: set max_novel to 2 "
-                f"or more (it is {self.max_novel})"
-            )
-        return self
 
 
 @STAGES.register("discover")
@@ -147,185 +96,28 @@ class DiscoverStage:
 
     @staticmethod
     def run(ctx, opts: DiscoverOptions) -> dict[str, float]:
-        data, split = ctx.data, ctx.data.split
-        k = split.num_known
+        """Select the pool -> count -> train -> assign -> evaluate -> save; {} on ranks > 0."""
+        data, k = ctx.data, ctx.data.split.num_known
         opts = options_for(opts, data)
-        if not data.user_mode and not split.novel:
-            raise UserError(
-                "the discover stage needs novel classes: set data.num_known below the "
-                f"{split.num_classes} classes of the dataset"
-            )
-        supervised, _ = ctx.load_classifier("supervised")
-        pool_all = extract(supervised, data.loader(data.view("unlabelled")))
-        # the pool's hidden classes, for evaluation only (None for a person's own pool)
-        truth = data.pool_truth(pool_all["index"].numpy())
-        keep = select_pool(ctx, opts, pool_all, truth, k)
-        if keep.sum() < 2:
-            raise UserError(
-                f"stages.discover: only {int(keep.sum())} of {len(keep)} unlabelled images to "
-                "discover from: use pool: all, or an openset detector that flags more unknowns "
-                "(e.g. stages.openset.detector=energy_weibull)"
-            )
+        supervised, pool_all, keep, metrics = _select(ctx, opts, k)
         pool = {key: v[keep] for key, v in pool_all.items()}
-        metrics: dict[str, float] = {
-            "pool_size": int(keep.sum()),
-            "pool_flagged_share": float(keep.float().mean()),  # truth-free
-            "unlabelled_images": len(keep),
-        }
-        if truth is not None:  # evaluation
-            metrics["pool_novel_fraction"] = float((truth[keep.numpy()] >= k).mean())
-            metrics["num_novel_true"] = len(split.novel)
-            metrics.update(data.pool_makeup())
-        n = opts.num_novel if isinstance(opts.num_novel, int) else len(split.novel)
-        model = supervised
-        if opts.method == "gcd":  # learn the representation first; it needs no class count
-            model = shrink_head(supervised, k)
-            if _train(ctx, opts, model, k, pool["index"].numpy()) is None:
-                return {}  # not rank 0
-            pool["features"] = extract(model, data.loader(_pool_view(data, pool["index"])))[
-                "features"
-            ]
-        auto = opts.num_novel == "auto"
-        heads = auto and opts.estimate_on == "heads"
-        if auto and opts.estimate_on != "supervised":  # method and max_novel: the options
-            if len(pool["index"]) <= opts.max_novel:
-                raise UserError(
-                    f"stages.discover.estimate_on = {opts.estimate_on} first splits the pool into "
-                    f"max_novel = {opts.max_novel} clusters, but the pool holds only "
-                    f"{len(pool['index'])} images: lower max_novel, or use pool: all / novel"
-                )
-            km = kmeans(pool["features"], opts.max_novel, seed=ctx.cfg.seed)
-            centres = torch.from_numpy(km.cluster_centers_).float()
-            model = novel_head(supervised, k, opts.max_novel, centres)
-            index = pool["index"].numpy()
-            head_counts = range(2, opts.max_novel + 1) if heads else None
-            probe = _train(
-                ctx, opts, model, k, index, opts.estimate_epochs, "discover_estimate", head_counts
-            )
-            if probe is None:
-                return {}  # not rank 0
-            pool["features"] = extract(model, data.loader(_pool_view(data, index)))["features"]
-        labelled = None  # (from the over-counting model when there is one)
-        if (auto and not heads) or opts.method in ("sskmeans", "gcd"):
-            labelled = extract(model, data.loader(data.view("labelled")))
-        if auto:
-            counts, seed = range(1, opts.max_novel + 1), ctx.cfg.seed
-            tol = {} if opts.estimate_tolerance is None else {"tolerance": opts.estimate_tolerance}
-            args = (labelled["features"], labelled["labels"], pool["features"]) if labelled else ()
-            extra = None
-            if heads:  # the count heads' partitions of the pool, refined; + the spectral gap
-                partitions = head_partitions(pool["features"], probe.count_heads)
-                n, scores, gaps = count_by_consensus(pool["features"], partitions, seed)
-                extra = {"spectral gap": gaps}
-            elif opts.estimator == "gcd":
-                n, scores = estimate_num_classes(*args, opts.max_novel, seed, **tol)
-            elif opts.estimator == "dtc":
-                n, scores = estimate_num_novel(*args, counts, seed=seed)
-            else:
-                n, scores = estimate_by_silhouette(pool["features"], counts, seed, **tol)
-            metrics["num_novel_est"] = n
-            if opts.figures and rank_zero_only.rank == 0:
-                from .figures import count_figure
-
-                true_count = None if data.user_mode else len(split.novel)
-                count_figure(scores, n, true_count, ctx.run_dir / "discover" / "count.png", extra)
-                metrics.update({f"count_score_{c}": float(v) for c, v in scores.items()})
-                if extra is not None:
-                    metrics.update({f"count_gap_{c}": float(v) for c, v in gaps.items()})
-            log.info(
-                "discover: %d novel classes estimated (%s; %s scores %s%s)",
-                n,
-                "no truth" if data.user_mode else f"truth {len(split.novel)}",
-                "count heads' refined silhouette" if heads else opts.estimator,
-                _rounded(scores),
-                "" if extra is None else f", spectral gaps {_rounded(gaps)}",
-            )
-        metrics["num_novel"] = n
-        if opts.method in ("sskmeans", "gcd"):
-            pool_pred, centres = semi_supervised_kmeans(
-                labelled["features"], labelled["labels"], pool["features"], k + n, ctx.cfg.seed
-            )
-            if opts.method == "gcd":  # the fine-tuned features moved: every row a centre
-                centre_head(model, torch.from_numpy(centres).float())
-            else:
-                model = novel_head(supervised, k, n, torch.from_numpy(centres[k:]).float())
-        elif heads:  # the chosen count head is a novel head of that size, already trained
-            chosen = next(h for h in probe.count_heads if h.out_features == n)
-            model = novel_head_from(model, k, chosen)
-        else:  # (overclustered: from the over-counting model, on its features)
-            km = kmeans(pool["features"], n, seed=ctx.cfg.seed)
-            model = novel_head(model, k, n, torch.from_numpy(km.cluster_centers_).float())
-        if opts.method not in ("kmeans", "sskmeans", "gcd"):
-            trained = _train(ctx, opts, model, k, pool["index"].numpy())
-            if trained is None:  # not rank 0
-                return {}
-        if rank_zero_only.rank != 0:
+        counted = _count(ctx, opts, supervised, pool, k, metrics)
+        if counted is None:
+            return {}  # not rank 0
+        trained = _train_groups(ctx, opts, supervised, pool, k, counted)
+        if trained is None or rank_zero_only.rank != 0:
             return {}
-        final = extract(model, data.loader(_pool_view(data, pool["index"].numpy())))
-        pool_logits = final["logits"]
-        has_test = len(split.test) > 0  # a person's folders may have no test/
-        test = extract(model, data.loader(data.view("test"))) if has_test else None
-        novel_test = test["labels"] >= k if has_test else torch.zeros(0, dtype=torch.bool)
-        if opts.method == "kmeans":  # nearest centroid of the supervised features
-            pool_pred = km.labels_ + k
-            test_pred = assign(km, test["features"][novel_test]) if novel_test.any() else []
-        elif opts.method in ("sskmeans", "gcd"):  # test images: the head's novel outputs
-            pass  # pool_pred: the semi-supervised k-means assignment
-        else:
-            # a pool of unknowns (novel / detected) is split among the new classes; a mixed
-            # pool (all) may also go to the known ones
-            pool_pred = (
-                pool_logits.argmax(1).numpy()
-                if opts.pool == "all"
-                else pool_logits[:, k:].argmax(1).numpy() + k
-            )
-        if opts.method != "kmeans":
-            test_pred = test["logits"][novel_test][:, k:].argmax(1).numpy() if has_test else []
-        rank = order_by_size(model, k, n, pool_pred)  # new-1 = the largest group
-        pool_pred = np.where(pool_pred >= k, rank[np.maximum(pool_pred - k, 0)] + k, pool_pred)
-        test_pred = rank[np.asarray(test_pred, np.int64)]
-        confidence = pool_logits.softmax(1).max(1).values.numpy()  # (order-free)
-        metrics.update(group_diagnostics(pool["features"], pool_pred, confidence, k, n))
-        write_groups(ctx, data, pool["index"].numpy(), pool_pred, confidence, k)
-        metrics.update(evaluate(data, pool_all, keep, pool_pred, test, test_pred, k))
-        mapping = metrics.pop("mapping")
-        new = pool_pred >= k  # the images given to a new class
-        discovered = {
-            "method": opts.method,
-            "num_known": k,
-            "num_novel": n,
-            "index": pool["index"][torch.from_numpy(new)].tolist(),
-            "label": pool_pred[new].tolist(),
-            # evaluation only: cluster -> true class (benchmark: on the pool; own data: on the
-            # test folder's new classes, when it has them)
-            "mapping": {str(k + j): mapping.get(k + j) for j in range(n)},
-            "class_names": [cluster_name(k + j, k) for j in range(n)],
-        }
-        paths = getattr(data.train, "paths", None)  # own folders: each grouped image's file
-        if paths is not None:
-            discovered["paths"] = [str(paths[i]) for i in discovered["index"]]
-        write_json(ctx.run_dir / "discover" / "discovered.json", discovered)
-        grouped = torch.from_numpy(new)
-        # the final model's features of the grouped images, so the label page can split a
-        # group without loading a model: [len(discovered index), D], in discovered's order
-        save_weights(
-            ctx.run_dir / "discover" / "features.safetensors",
-            {"index": final["index"][grouped], "features": final["features"][grouped]},
-            {"num_known": k, "num_novel": n},
+        model, n = trained.model, trained.n
+        groups = _assign(ctx, opts, trained, pool, k)
+        metrics.update(
+            group_diagnostics(pool["features"], groups.pool_pred, groups.confidence, k, n)
         )
-        ctx.save_model("discover", model, num_known=k, num_novel=n)
-        if opts.figures and has_test:
-            from .figures import embedding_figure
-
-            embedding_figure(
-                test["features"],
-                test["labels"],
-                (test["labels"] >= k).numpy(),
-                test_pred + k,
-                k,
-                ctx.run_dir / "discover" / "embedding.png",
-                seed=ctx.cfg.seed,
-            )
+        write_groups(ctx, data, pool["index"].numpy(), groups.pool_pred, groups.confidence, k)
+        metrics.update(
+            evaluate(data, pool_all, keep, groups.pool_pred, groups.test, groups.test_pred, k)
+        )
+        _save(ctx, opts, model, pool, groups, metrics.pop("mapping"), k, n)
+        new = groups.pool_pred >= k
         log.info(
             "discover: %s found %d new groups in %d of %d unlabelled images (sizes %s)%s",
             opts.method,
@@ -336,6 +128,265 @@ class DiscoverStage:
             f"; novel acc {metrics['novel_acc']:.4f} (pool)" if "novel_acc" in metrics else "",
         )
         return metrics
+
+
+def _select(ctx, opts: DiscoverOptions, k: int):
+    """(supervised model, its outputs over every unlabelled image, the pool mask `[U]`, the
+    pool's metrics): the images `opts.pool` selects, refused when fewer than 2."""
+    data, split = ctx.data, ctx.data.split
+    if not data.user_mode and not split.novel:
+        raise UserError(
+            "the discover stage needs novel classes: set data.num_known below the "
+            f"{split.num_classes} classes of the dataset"
+        )
+    supervised, _ = ctx.load_classifier("supervised")
+    pool_all = extract(supervised, data.loader(data.view("unlabelled")))
+    # the pool's hidden classes, for evaluation only (None for a person's own pool)
+    truth = data.pool_truth(pool_all["index"].numpy())
+    keep = select_pool(ctx, opts, pool_all, truth, k)
+    if keep.sum() < 2:
+        raise UserError(
+            f"stages.discover: only {int(keep.sum())} of {len(keep)} unlabelled images to "
+            "discover from: use pool: all, or an openset detector that flags more unknowns "
+            "(e.g. stages.openset.detector=energy_weibull)"
+        )
+    metrics: dict[str, float] = {
+        "pool_size": int(keep.sum()),
+        "pool_flagged_share": float(keep.float().mean()),  # truth-free
+        "unlabelled_images": len(keep),
+    }
+    if truth is not None:  # evaluation
+        metrics["pool_novel_fraction"] = float((truth[keep.numpy()] >= k).mean())
+        metrics["num_novel_true"] = len(split.novel)
+        metrics.update(data.pool_makeup())
+    return supervised, pool_all, keep, metrics
+
+
+@dataclass
+class Counted:
+    """What counting leaves for training: the model so far (GCD's fine-tuned one, or the
+    counting run's), the count `n`, the counting run's module (`heads`: its count heads), the
+    labelled images' outputs (estimators and semi-supervised k-means read them)."""
+
+    model: Classifier
+    n: int
+    probe: object | None = None
+    labelled: dict | None = None
+
+
+def _count(ctx, opts: DiscoverOptions, supervised, pool: dict, k: int, metrics) -> Counted | None:
+    """The representation the count reads (GCD's fine-tuning, or the counting run of
+    `estimate_on`), then the count `n` (given, the truth, or estimated); `pool["features"]`
+    follow the model. None on ranks > 0 after a training."""
+    data = ctx.data
+    n = opts.num_novel if isinstance(opts.num_novel, int) else len(data.split.novel)
+    model, probe = supervised, None
+    if opts.method == "gcd":  # learn the representation first; it needs no class count
+        model = shrink_head(supervised, k)
+        if _train(ctx, opts, model, k, pool["index"].numpy()) is None:
+            return None
+        pool["features"] = extract(model, data.loader(_pool_view(data, pool["index"])))["features"]
+    auto = opts.num_novel == "auto"
+    heads = auto and opts.estimate_on == "heads"
+    if auto and opts.estimate_on != "supervised":  # method and max_novel: the options
+        model, probe = _counting_run(ctx, opts, supervised, pool, k, heads)
+        if probe is None:
+            return None
+    labelled = None  # (from the over-counting model when there is one)
+    if (auto and not heads) or opts.method in ("sskmeans", "gcd"):
+        labelled = extract(model, data.loader(data.view("labelled")))
+    if auto:
+        n = _estimate(ctx, opts, pool, labelled, probe, metrics)
+    metrics["num_novel"] = n
+    return Counted(model, n, probe, labelled)
+
+
+def _counting_run(ctx, opts: DiscoverOptions, supervised, pool: dict, k: int, heads: bool):
+    """OpenMix / Sinkhorn trained for `estimate_epochs` with `max_novel` novel outputs from
+    k-means centroids (+ one count head per c = 2..max_novel with `heads`): (model, module),
+    module None on ranks > 0. `pool["features"]` become that model's."""
+    if len(pool["index"]) <= opts.max_novel:
+        raise UserError(
+            f"stages.discover.estimate_on = {opts.estimate_on} first splits the pool into "
+            f"max_novel = {opts.max_novel} clusters, but the pool holds only "
+            f"{len(pool['index'])} images: lower max_novel, or use pool: all / novel"
+        )
+    km = kmeans(pool["features"], opts.max_novel, seed=ctx.cfg.seed)
+    centres = torch.from_numpy(km.cluster_centers_).float()
+    model = novel_head(supervised, k, opts.max_novel, centres)
+    index = pool["index"].numpy()
+    head_counts = range(2, opts.max_novel + 1) if heads else None
+    probe = _train(
+        ctx, opts, model, k, index, opts.estimate_epochs, "discover_estimate", head_counts
+    )
+    if probe is not None:
+        pool["features"] = extract(model, ctx.data.loader(_pool_view(ctx.data, index)))["features"]
+    return model, probe
+
+
+def _estimate(ctx, opts: DiscoverOptions, pool: dict, labelled, probe, metrics) -> int:
+    """The estimated count (`estimate_on: heads`: the count heads' consensus, else
+    `estimator`); its scores into `metrics` and `discover/count.png`."""
+    data, split, seed = ctx.data, ctx.data.split, ctx.cfg.seed
+    counts = range(1, opts.max_novel + 1)
+    tol = {} if opts.estimate_tolerance is None else {"tolerance": opts.estimate_tolerance}
+    args = (labelled["features"], labelled["labels"], pool["features"]) if labelled else ()
+    gaps = None
+    if probe is not None and opts.estimate_on == "heads":  # refined partitions + spectral gap
+        partitions = head_partitions(pool["features"], probe.count_heads)
+        n, scores, gaps = count_by_consensus(pool["features"], partitions, seed)
+    elif opts.estimator == "gcd":
+        n, scores = estimate_num_classes(*args, opts.max_novel, seed, **tol)
+    elif opts.estimator == "dtc":
+        n, scores = estimate_num_novel(*args, counts, seed=seed)
+    else:
+        n, scores = estimate_by_silhouette(pool["features"], counts, seed, **tol)
+    metrics["num_novel_est"] = n
+    if opts.figures and rank_zero_only.rank == 0:
+        from .figures import count_figure
+
+        true_count = None if data.user_mode else len(split.novel)
+        extra = None if gaps is None else {"spectral gap": gaps}
+        count_figure(scores, n, true_count, ctx.run_dir / "discover" / "count.png", extra)
+        metrics.update({f"count_score_{c}": float(v) for c, v in scores.items()})
+        if gaps is not None:
+            metrics.update({f"count_gap_{c}": float(v) for c, v in gaps.items()})
+    log.info(
+        "discover: %d novel classes estimated (%s; %s scores %s%s)",
+        n,
+        "no truth" if data.user_mode else f"truth {len(split.novel)}",
+        "count heads' refined silhouette" if gaps is not None else opts.estimator,
+        _rounded(scores),
+        "" if gaps is None else f", spectral gaps {_rounded(gaps)}",
+    )
+    return n
+
+
+@dataclass
+class Trained:
+    """The classifier over k known + n new outputs; `km` the k-means its new rows started
+    from (`kmeans` groups by it), `pool_pred` the semi-supervised k-means assignment of the
+    pool (`sskmeans`, `gcd`)."""
+
+    model: Classifier
+    n: int
+    km: object | None = None
+    pool_pred: np.ndarray | None = None
+
+
+def _train_groups(
+    ctx, opts: DiscoverOptions, supervised, pool: dict, k: int, counted: Counted
+) -> Trained | None:
+    """The classifier over k known + n new outputs, trained where the method trains; None on
+    ranks > 0."""
+    model, n, probe, labelled = counted.model, counted.n, counted.probe, counted.labelled
+    km = pool_pred = None
+    if opts.method in ("sskmeans", "gcd"):
+        pool_pred, centres = semi_supervised_kmeans(
+            labelled["features"], labelled["labels"], pool["features"], k + n, ctx.cfg.seed
+        )
+        if opts.method == "gcd":  # the fine-tuned features moved: every row a centre
+            centre_head(model, torch.from_numpy(centres).float())
+        else:
+            model = novel_head(supervised, k, n, torch.from_numpy(centres[k:]).float())
+    elif probe is not None and opts.estimate_on == "heads":  # the chosen count head, trained
+        chosen = next(h for h in probe.count_heads if h.out_features == n)
+        model = novel_head_from(model, k, chosen)
+    else:  # (overclustered: from the over-counting model, on its features)
+        km = kmeans(pool["features"], n, seed=ctx.cfg.seed)
+        model = novel_head(model, k, n, torch.from_numpy(km.cluster_centers_).float())
+    trains = opts.method not in ("kmeans", "sskmeans", "gcd")
+    if trains and _train(ctx, opts, model, k, pool["index"].numpy()) is None:
+        return None
+    return Trained(model, n, km, pool_pred)
+
+
+@dataclass
+class Groups:
+    """Where every pool image and every new-class test image went: `pool_pred [P]` (0..k-1 a
+    known class, k.. a new group, numbered by size), `confidence [P]`, the test outputs (None
+    without test images) and `test_pred` (new group 0.. of each novel test image), and the
+    final model's pool outputs `final`."""
+
+    pool_pred: np.ndarray
+    confidence: np.ndarray
+    test: dict | None
+    test_pred: np.ndarray
+    final: dict
+
+
+def _assign(ctx, opts: DiscoverOptions, trained: Trained, pool: dict, k: int) -> Groups:
+    """Each pool image to a group (a known class too with `pool: all`), each novel test image
+    to a new group; the groups renumbered by size (new-1 = the largest)."""
+    data, model, n = ctx.data, trained.model, trained.n
+    final = extract(model, data.loader(_pool_view(data, pool["index"].numpy())))
+    pool_logits = final["logits"]
+    has_test = len(data.split.test) > 0  # a person's folders may have no test/
+    test = extract(model, data.loader(data.view("test"))) if has_test else None
+    novel_test = test["labels"] >= k if has_test else torch.zeros(0, dtype=torch.bool)
+    if opts.method == "kmeans":  # nearest centroid of the supervised features
+        pool_pred = trained.km.labels_ + k
+        test_pred = assign(trained.km, test["features"][novel_test]) if novel_test.any() else []
+    else:
+        if opts.method in ("sskmeans", "gcd"):  # the semi-supervised k-means assignment
+            pool_pred = trained.pool_pred
+        else:  # a pool of unknowns (novel / detected) is split among the new classes; a
+            # mixed pool (all) may also go to the known ones
+            pool_pred = (
+                pool_logits.argmax(1).numpy()
+                if opts.pool == "all"
+                else pool_logits[:, k:].argmax(1).numpy() + k
+            )
+        # test images: the head's novel outputs
+        test_pred = test["logits"][novel_test][:, k:].argmax(1).numpy() if has_test else []
+    rank = order_by_size(model, k, n, pool_pred)  # new-1 = the largest group
+    pool_pred = np.where(pool_pred >= k, rank[np.maximum(pool_pred - k, 0)] + k, pool_pred)
+    test_pred = rank[np.asarray(test_pred, np.int64)]
+    confidence = pool_logits.softmax(1).max(1).values.numpy()  # (order-free)
+    return Groups(pool_pred, confidence, test, test_pred, final)
+
+
+def _save(ctx, opts, model, pool: dict, groups: Groups, mapping: dict, k: int, n: int) -> None:
+    """`discovered.json` (+ the files of own folders), `features.safetensors`, the classifier
+    and the embedding figure."""
+    data, new = ctx.data, groups.pool_pred >= k  # the images given to a new class
+    discovered = {
+        "method": opts.method,
+        "num_known": k,
+        "num_novel": n,
+        "index": pool["index"][torch.from_numpy(new)].tolist(),
+        "label": groups.pool_pred[new].tolist(),
+        # evaluation only: cluster -> true class (benchmark: on the pool; own data: on the
+        # test folder's new classes, when it has them)
+        "mapping": {str(k + j): mapping.get(k + j) for j in range(n)},
+        "class_names": [cluster_name(k + j, k) for j in range(n)],
+    }
+    paths = getattr(data.train, "paths", None)  # own folders: each grouped image's file
+    if paths is not None:
+        discovered["paths"] = [str(paths[i]) for i in discovered["index"]]
+    write_json(ctx.run_dir / "discover" / "discovered.json", discovered)
+    grouped, final = torch.from_numpy(new), groups.final
+    # the final model's features of the grouped images, so the label page can split a
+    # group without loading a model: [len(discovered index), D], in discovered's order
+    save_weights(
+        ctx.run_dir / "discover" / "features.safetensors",
+        {"index": final["index"][grouped], "features": final["features"][grouped]},
+        {"num_known": k, "num_novel": n},
+    )
+    ctx.save_model("discover", model, num_known=k, num_novel=n)
+    if opts.figures and groups.test is not None:
+        from .figures import embedding_figure
+
+        test = groups.test
+        embedding_figure(
+            test["features"],
+            test["labels"],
+            (test["labels"] >= k).numpy(),
+            groups.test_pred + k,
+            k,
+            ctx.run_dir / "discover" / "embedding.png",
+            seed=ctx.cfg.seed,
+        )
 
 
 def options_for(opts: DiscoverOptions, data) -> DiscoverOptions:
