@@ -1,7 +1,8 @@
 """The open-world loop on a person's own folders, made from real photos (cifar10-mini).
 
     .venv/bin/python benchmarks/own_folders.py [--source ../shared/datasets/cifar10-mini]
-        [--folder benchmarks/out/own-photos] [--seed 0] [key=value ...]
+        [--folder benchmarks/out/own-photos] [--out benchmarks/out/own-photos-run] [--seed 0]
+        [key=value ...]
 
 Lays cifar10-mini out as a person would have it (symbolic links, no copies):
 `labelled/<class>/` = half of the train images of the first 5 classes (airplane, automobile,
@@ -9,7 +10,7 @@ bird, cat, deer); `unlabelled/` = one flat folder of randomly named files with t
 those classes and every train image of the other 5 (dog, frog, horse, ship, truck): 2,500 known
 + 5,000 new; `test/<class>/` = the 2,000 test images of all 10 classes (5 of them new there).
 Then runs `uniframework run configs/my-photos.yaml data.root=FOLDER` (plus the overrides) into
-`benchmarks/out/own-photos-run/` and prints what the run says without truth (the share of the
+`--out` and prints what the run says without truth (the share of the
 unlabelled photos that look new, the count, each group's size, confidence and silhouette) and
 the evaluation on `test/`, then `predict` on 100 images of uniform noise (the detector refitted
 on the final classifier should call them unknown). Nothing in the run knows which unlabelled photo
@@ -64,11 +65,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--source", type=Path, default=Path("../shared/datasets/cifar10-mini"))
     p.add_argument("--folder", type=Path, default=Path("benchmarks/out/own-photos"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/out/own-photos-run"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     lay_out(args.source, args.folder, args.seed)
-    out = Path("benchmarks/out/own-photos-run")
+    out = args.out
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(
         "configs/my-photos.yaml", [f"data.root={args.folder}", f"seed={args.seed}", *args.overrides]

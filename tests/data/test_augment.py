@@ -7,7 +7,13 @@ import torch.nn.functional as F
 
 from uniframework.config import DataConfig
 from uniframework.data import OpenWorldData
-from uniframework.data.augment import BatchAugment, batch_cutout, batch_flip, batch_translate
+from uniframework.data.augment import (
+    BatchAugment,
+    batch_colour,
+    batch_cutout,
+    batch_flip,
+    batch_translate,
+)
 from uniframework.data.views import BatchView
 
 
@@ -144,3 +150,22 @@ def test_subset_views_follow_their_indices_and_give_two_views():
     assert x1.shape == x2.shape == (4, 3, 16, 16) and not torch.equal(x1, x2)
     assert y.tolist() == [0, 1, 2, 3] and index.tolist() == idx[:4].tolist()
     assert not isinstance(two_views(_data().subset_view(idx, np.zeros(10))), BatchTwoViews)
+
+
+def test_colour_jitter_stays_in_range_and_without_jitter_is_identity_or_grey():
+    g = torch.Generator().manual_seed(0)
+    mean, std = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1), torch.full((1, 3, 1, 1), 0.25)
+    img = torch.rand(200, 3, 8, 8, generator=g)
+    x = (img - mean) / std
+    out = batch_colour(x, mean, std, 0.4, torch.Generator().manual_seed(1))
+    back = out * std + mean
+    assert out.shape == x.shape and back.min() >= -1e-5 and back.max() <= 1 + 1e-5
+    assert torch.equal(out, batch_colour(x, mean, std, 0.4, torch.Generator().manual_seed(1)))
+    changed = (back - img).abs().amax((1, 2, 3)) > 1e-4
+    assert 0.7 < changed.float().mean() < 0.95  # jitter p 0.8, grey p 0.2 (~0.84 touched)
+    # no jitter: each image is itself, or its luma on all three channels (p 0.2)
+    plain = batch_colour(x, mean, std, 0.0, torch.Generator().manual_seed(2)) * std + mean
+    luma = (img * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    same = (plain - img).abs().amax((1, 2, 3)) < 1e-5
+    grey = (plain - luma).abs().amax((1, 2, 3)) < 1e-5
+    assert (same ^ grey).all() and 0.1 < grey.float().mean() < 0.3

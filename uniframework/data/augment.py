@@ -9,7 +9,10 @@ normalised and augmented as one float tensor [N, 3, S, S]:
 - translation: reflect-pad by `pad` pixels, then a random S x S crop per image — the same
   distribution as `v2.RandomCrop(S, padding=pad, padding_mode="reflect")`;
 - cutout (DeVries & Taylor, 2017): one `cutout` x `cutout` square per image, centred anywhere in
-  the image (so it may be partly outside), set to 0 = the dataset mean after normalisation.
+  the image (so it may be partly outside), set to 0 = the dataset mean after normalisation;
+- colour (`batch_colour`, the contrastive views' strong augmentation, SimCLR's): with
+  probability 0.8 brightness, contrast and saturation each scaled by a factor drawn from
+  [1 - s, 1 + s], then grayscale with probability 0.2, on the de-normalised image in [0, 1].
 
 Every operation draws from torch's global generator (seeded by the run), or from `generator`.
 """
@@ -76,3 +79,36 @@ class BatchAugment:
 
     def __repr__(self) -> str:
         return f"BatchAugment(pad={self.pad}, flip={self.flip}, cutout={self.cutout})"
+
+
+def _grey(img: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] in [0, 1] -> luma [N, 1, H, W] (ITU-R 601, as torchvision's grayscale)."""
+    return (img * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1).to(img)).sum(1, True)
+
+
+def batch_colour(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    strength: float = 0.4,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """SimCLR's colour distortion (Chen et al. 2020; CIFAR: jitter 0.4 applied with p 0.8,
+    grayscale with p 0.2; hue left out) on a normalised batch x [N, 3, H, W] with the dataset's
+    `mean` / `std` [1, 3, 1, 1]; returns the batch normalised again."""
+    n = len(x)
+    img = (x * std + mean).clamp(0, 1)
+    on = (torch.rand(n, generator=generator) < 0.8).view(n, 1, 1, 1)
+
+    def factor() -> torch.Tensor:  # [N, 1, 1, 1], 1 where the jitter is off
+        f = 1 + strength * (2 * torch.rand(n, generator=generator) - 1)
+        return torch.where(on, f.view(n, 1, 1, 1), torch.ones(n, 1, 1, 1)).to(x)
+
+    img = (img * factor()).clamp(0, 1)  # brightness
+    m = _grey(img).mean((2, 3), keepdim=True)
+    img = ((img - m) * factor() + m).clamp(0, 1)  # contrast, around the mean grey level
+    g = _grey(img)
+    img = ((img - g) * factor() + g).clamp(0, 1)  # saturation
+    to_grey = (torch.rand(n, generator=generator) < 0.2).view(n, 1, 1, 1).to(x.device)
+    img = torch.where(to_grey, _grey(img).expand_as(img), img)
+    return (img - mean) / std

@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..data.augment import batch_colour
+from ..discover.gcd import ProjectionHead, info_nce_loss, supcon_loss
 from ..errors import UserError
 from ..models import Classifier
 from ..openset.scores import energy_score
@@ -89,11 +91,28 @@ class SupervisedOptions(OreOptions):
     # lr after the warm-up: cosine to 0, or linear to 0 (Page's / OneCycle's triangle)
     schedule: Literal["cosine", "linear"] = "cosine"
     batch_size: int | None = Field(None, ge=1)  # training batches; None = data.batch_size
+    # GCD's representation loss (Vaze et al. 2022, `discover/gcd.py`) from the first epoch, on
+    # two views of every image, labelled and unlabelled: loss = CE + gcd_weight * ((1 - lam)
+    # InfoNCE + lam SupCon), through a projection head that is thrown away. 0 = off
+    gcd_weight: float = Field(0.0, ge=0)
+    gcd_sup_weight: float = Field(0.35, ge=0, le=1)  # lam (GCD: 0.35)
+    # InfoNCE temperature: SimCLR's CIFAR value for a network trained from scratch (GCD's 1.0
+    # is for fine-tuning the last block of a DINO ViT)
+    gcd_temperature: float = Field(0.5, gt=0)
+    gcd_sup_temperature: float = Field(0.07, gt=0)  # SupCon's (GCD: 0.07)
+    gcd_proj_dim: int = Field(128, ge=1)  # projection output (SimCLR: 128)
+    gcd_hidden_dim: int = Field(512, ge=1)  # projection MLP width
+    colour_strength: float = Field(0.4, ge=0, lt=1)  # the views' colour jitter (SimCLR CIFAR)
+
+    @property
+    def trains_unknowns(self) -> bool:
+        """Whether training auto-labels pool images as unknown (unknown class, energy)."""
+        return self.unknown_class or self.energy_margins is not None
 
     @property
     def uses_pool(self) -> bool:
-        """Whether training draws pool batches (the auto-labelled unknowns)."""
-        return self.unknown_class or self.energy_margins is not None
+        """Whether training draws pool batches (auto-labelled unknowns, GCD's views)."""
+        return self.trains_unknowns or self.gcd_weight > 0
 
     @field_validator("energy_margins")
     @classmethod
@@ -122,9 +141,19 @@ def least_known(
 class SupervisedModule(L.LightningModule):
     """Cross-entropy on known labels (+ ORE options); torchmetrics accuracy; warm-up + cosine."""
 
-    def __init__(self, model: Classifier, opts: SupervisedOptions, num_known: int) -> None:
+    def __init__(
+        self, model: Classifier, opts: SupervisedOptions, num_known: int, norm=None
+    ) -> None:
+        """`norm`: the dataset's (mean, std), which GCD's colour jitter needs."""
         super().__init__()
         self.model, self.opts, self.num_known = model, opts, num_known
+        if opts.gcd_weight > 0:
+            mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in norm)
+            self.register_buffer("mean", mean, persistent=False)
+            self.register_buffer("std", std, persistent=False)
+            self.projector = ProjectionHead(
+                model.feature_dim, opts.gcd_hidden_dim, opts.gcd_proj_dim, bottleneck_dim=128
+            )
         self.train_acc = MulticlassAccuracy(model.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(model.num_classes, average="micro")
         self.mixup_alpha = 0.0  # set per epoch by progressive learning
@@ -164,28 +193,54 @@ class SupervisedModule(L.LightningModule):
             features, y, self.prototypes, self.opts.margin, normalise=normalise
         )
 
+    def _gcd_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """GCD's loss on two colour-jittered views of the labelled and the pool images, one
+        backbone pass over all of them (BatchNorm sees the whole batch): (loss, the labelled
+        images' first-view features [L, D], their labels [L], the pool's first view)."""
+        o = self.opts
+        xl1, xl2, y, _ = batch["labelled"]
+        xu1, xu2, _, _ = batch["pool"]
+        views = [
+            batch_colour(v, self.mean, self.std, o.colour_strength) for v in (xl1, xu1, xl2, xu2)
+        ]
+        features = self.model.forward_features(torch.cat(views))  # [2N, D]
+        nl, n = len(xl1), len(xl1) + len(xu1)
+        z = self.projector(features)  # [2N, P], unit norm
+        unsup = info_nce_loss(z[:n], z[n:], o.gcd_temperature)
+        sup = supcon_loss(z[:nl], z[n : n + nl], y, o.gcd_sup_temperature)
+        self.log("train_unsup_loss", unsup, on_epoch=True, on_step=False)
+        self.log("train_sup_loss", sup, on_epoch=True, on_step=False)
+        loss = (1 - o.gcd_sup_weight) * unsup + o.gcd_sup_weight * sup
+        return loss, features[:nl], y, views[1]
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         o = self.opts
-        x, y, _ = batch["labelled"] if isinstance(batch, dict) else batch
-        if self.mixup_alpha > 0:  # y keeps the larger share λ >= 0.5
-            x, y_mix, lam = mixup(x, y, self.mixup_alpha)
-        features = self.model.forward_features(x)
-        logits = self.model.forward_head(features)
-        loss = F.cross_entropy(logits, y, label_smoothing=o.label_smoothing)
-        if self.mixup_alpha > 0:
-            mixed = F.cross_entropy(logits, y_mix, label_smoothing=o.label_smoothing)
-            loss = lam * loss + (1.0 - lam) * mixed
+        if o.gcd_weight > 0:  # the representation from every image, two views each
+            gcd, features, y, xu = self._gcd_step(batch)
+            logits = self.model.forward_head(features)
+            loss = F.cross_entropy(logits, y, label_smoothing=o.label_smoothing)
+            loss = loss + o.gcd_weight * gcd
+        else:
+            x, y, _ = batch["labelled"] if isinstance(batch, dict) else batch
+            if self.mixup_alpha > 0:  # y keeps the larger share λ >= 0.5
+                x, y_mix, lam = mixup(x, y, self.mixup_alpha)
+            features = self.model.forward_features(x)
+            logits = self.model.forward_head(features)
+            loss = F.cross_entropy(logits, y, label_smoothing=o.label_smoothing)
+            if self.mixup_alpha > 0:
+                mixed = F.cross_entropy(logits, y_mix, label_smoothing=o.label_smoothing)
+                loss = lam * loss + (1.0 - lam) * mixed
+            xu = batch["pool"][0] if isinstance(batch, dict) else None
         if hasattr(self, "store"):
             cc = self._prototype_step(features, y)
             if cc is not None:
                 self.log("train_cluster_loss", cc, on_epoch=True, on_step=False)
                 loss = loss + o.contrastive_weight * cc
-        if o.uses_pool and isinstance(batch, dict):
-            xu = batch["pool"][0]
+        if o.trains_unknowns and isinstance(batch, dict):
             fu = self.model.forward_features(xu)
             lu = self.model.forward_head(fu)
             if o.auto_label == "known_weibull":
-                pick = torch.nonzero(self.selected[batch["pool"][2].to(self.device)]).flatten()
+                pick = torch.nonzero(self.selected[batch["pool"][-1].to(self.device)]).flatten()
             else:
                 ready = getattr(self, "prototypes_ready", False)
                 pick = least_known(
@@ -195,7 +250,7 @@ class SupervisedModule(L.LightningModule):
                     o.unknown_by,
                     self.prototypes if ready else None,
                 )
-            self.picked.append(batch["pool"][2][pick.cpu()])
+            self.picked.append(batch["pool"][-1][pick.cpu()])
             if o.unknown_class and len(pick):
                 target = torch.full((len(pick),), self.num_known, device=xu.device)
                 unk = F.cross_entropy(lu[pick], target)

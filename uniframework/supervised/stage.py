@@ -10,7 +10,9 @@ import logging
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import CombinedLoader
 
+from ..discover.uno import two_views
 from ..errors import UserError
 from ..io import save_weights
 from ..models import build_classifier
@@ -39,7 +41,7 @@ class SupervisedStage:
         if model_cfg.weights != cfg.model.weights:
             log.info("supervised: backbone starts from %s", model_cfg.weights)
         model = build_classifier(model_cfg, cfg.data.image_size, k + opts.unknown_class, start)
-        module = SupervisedModule(model, opts, k)
+        module = SupervisedModule(model, opts, k, (data.train.mean, data.train.std))
         has_val = len(data.split.val) > 0
         monitor = opts.keep if has_val and opts.keep != "last" else None
         trainer = make_trainer(cfg.trainer, ctx.run_dir, "supervised", opts.max_epochs, monitor)
@@ -55,11 +57,12 @@ class SupervisedStage:
             pool = data.view("unlabelled", train=True, hide_labels=True)
             if len(pool) == 0:
                 raise UserError(
-                    "stages.supervised.unknown_class / energy_margins need an unlabelled pool: set "
-                    "data.num_known below the class count or data.labelled_fraction below 1"
+                    "stages.supervised.unknown_class / energy_margins / gcd_weight need an "
+                    "unlabelled pool: set data.num_known below the class count or "
+                    "data.labelled_fraction below 1"
                 )
             train_views.append(pool)
-            if opts.auto_label == "known_weibull":
+            if opts.trains_unknowns and opts.auto_label == "known_weibull":
                 if not has_val:
                     raise UserError(
                         "stages.supervised.auto_label = known_weibull fits the held-out "
@@ -78,6 +81,14 @@ class SupervisedStage:
                 "labelled": train,
                 "pool": data.loader(pool, train=True, batch_size=opts.batch_size),
             }
+            if opts.gcd_weight > 0:  # two views of each; an epoch = one pass over the labelled
+                train = CombinedLoader(
+                    {
+                        "labelled": data.loader(two_views(labelled), True, opts.batch_size),
+                        "pool": data.loader(two_views(pool), True, opts.batch_size),
+                    },
+                    mode="min_size",
+                )
         if opts.progressive is not None:  # image size + regularisation rise by stage
             trainer.callbacks.append(progressive_callback(opts, cfg.data, train_views))
         val = data.loader(data.view("val")) if has_val else None
@@ -112,7 +123,7 @@ class SupervisedStage:
         }
         if opts.unknown_class:  # known test images the extra output claims
             metrics["known_as_unknown"] = float((test["logits"].argmax(1) == k).float().mean())
-        if opts.uses_pool:  # the last epoch's unknowns against the pool's truth (evaluation)
+        if opts.trains_unknowns:  # the last epoch's unknowns against the pool's truth (eval.)
             metrics.update(pool_selection(data, module.picked))
         if has_val:
             v = extract(model, val)
