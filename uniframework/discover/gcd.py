@@ -115,6 +115,20 @@ class ProjectionHead(nn.Module):
         return F.normalize(z, dim=1)
 
 
+def simclr_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """SimCLR's projection head (Chen et al. 2020): Linear - BatchNorm - ReLU - Linear; its
+    output is L2-normalised by the caller. Used to train a backbone from scratch with SGD: the
+    DINO head above, built for AdamW, collapses there (its tiny-init MLP feeds an L2
+    normalisation, whose gradient scales with 1 / ||h||; measured: every projection equal
+    within 5 SGD steps at lr 0.05, InfoNCE stuck at log(2B - 1))."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
 def centre_head(model: Classifier, centres: torch.Tensor) -> Classifier:
     """`model` (in place) with a fresh head over the cluster centres [C, D] (e.g. semi-supervised
     k-means' on the fine-tuned features: k known, then the novel ones): rows = the normalised

@@ -38,7 +38,7 @@ from pydantic import Field, field_validator
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..data.augment import batch_colour
-from ..discover.gcd import ProjectionHead, info_nce_loss, supcon_loss
+from ..discover.gcd import info_nce_loss, simclr_head, supcon_loss
 from ..errors import UserError
 from ..models import Classifier
 from ..openset.scores import energy_score
@@ -93,7 +93,7 @@ class SupervisedOptions(OreOptions):
     batch_size: int | None = Field(None, ge=1)  # training batches; None = data.batch_size
     # GCD's representation loss (Vaze et al. 2022, `discover/gcd.py`) from the first epoch, on
     # two views of every image, labelled and unlabelled: loss = CE + gcd_weight * ((1 - lam)
-    # InfoNCE + lam SupCon), through a projection head that is thrown away. 0 = off
+    # InfoNCE + lam SupCon), through SimCLR's projection head, thrown away afterwards. 0 = off
     gcd_weight: float = Field(0.0, ge=0)
     gcd_sup_weight: float = Field(0.35, ge=0, le=1)  # lam (GCD: 0.35)
     # InfoNCE temperature: SimCLR's CIFAR value for a network trained from scratch (GCD's 1.0
@@ -151,9 +151,7 @@ class SupervisedModule(L.LightningModule):
             mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in norm)
             self.register_buffer("mean", mean, persistent=False)
             self.register_buffer("std", std, persistent=False)
-            self.projector = ProjectionHead(
-                model.feature_dim, opts.gcd_hidden_dim, opts.gcd_proj_dim, bottleneck_dim=128
-            )
+            self.projector = simclr_head(model.feature_dim, opts.gcd_hidden_dim, opts.gcd_proj_dim)
         self.train_acc = MulticlassAccuracy(model.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(model.num_classes, average="micro")
         self.mixup_alpha = 0.0  # set per epoch by progressive learning
@@ -205,7 +203,7 @@ class SupervisedModule(L.LightningModule):
         ]
         features = self.model.forward_features(torch.cat(views))  # [2N, D]
         nl, n = len(xl1), len(xl1) + len(xu1)
-        z = self.projector(features)  # [2N, P], unit norm
+        z = F.normalize(self.projector(features), dim=1)  # [2N, P]
         unsup = info_nce_loss(z[:n], z[n:], o.gcd_temperature)
         sup = supcon_loss(z[:nl], z[n : n + nl], y, o.gcd_sup_temperature)
         self.log("train_unsup_loss", unsup, on_epoch=True, on_step=False)
