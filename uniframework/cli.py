@@ -11,8 +11,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import UserError
+from .registry import LOOP_ORDER
 
-STAGE_LIST = "pretrain, supervised, openset, discover, incremental, detect"
 OVERRIDES = "Overrides: key.sub=value, e.g. data.batch_size=32 stages.supervised.lr=0.01"
 
 # one line each (`uniframework -h`), then what `uniframework COMMAND -h` adds: an example
@@ -59,7 +59,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         "--restart-from",
         metavar="STAGE",
         help=f"redo STAGE and every stage after it; STAGE is one of the config's stages "
-        f"({STAGE_LIST})",
+        f"({', '.join(LOOP_ORDER)})",
     )
     p.add_argument(
         "--overwrite",

@@ -22,8 +22,8 @@ import yaml
 from pydantic import BaseModel
 
 from .config import Config, DataConfig, ModelConfig, TrainerConfig
+from .registry import LOOP_ORDER
 
-LOOP = ["pretrain", "supervised", "openset", "discover", "incremental", "detect"]  # loop order
 WIDTH = 100
 COMMENT_AT = 28  # column of the comments (further right after a long key: value)
 
@@ -142,11 +142,11 @@ def _doc(model: type) -> str:
 
 
 def stage_options() -> dict[str, type[BaseModel]]:
-    """{stage name: options model}, in loop order (stages not in `LOOP` last)."""
+    """{stage name: options model}, in loop order (stages not in `LOOP_ORDER` last)."""
     from .config import _stage_registry
 
     stages = dict(_stage_registry().items())
-    names = [n for n in LOOP if n in stages] + sorted(set(stages) - set(LOOP))
+    names = [n for n in LOOP_ORDER if n in stages] + sorted(set(stages) - set(LOOP_ORDER))
     return {name: stages[name].Options for name in names}
 
 

@@ -47,6 +47,9 @@ class Registry:
         return sorted(self._items.items())
 
 
+# the stages in the order of the open-world loop (the CLI's help, the config reference)
+LOOP_ORDER = ["pretrain", "supervised", "openset", "discover", "incremental", "detect"]
+
 BACKBONES = Registry("backbone")
 DATASETS = Registry("dataset")
 STAGES = Registry("stage")

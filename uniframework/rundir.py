@@ -218,7 +218,6 @@ class RunContext:
         """Safetensors weights of a stage's model, with what is needed to rebuild it and to
         preprocess an image as the run's test view does (`predict` and `export` read these
         instead of rescanning the data: mean / std, image size, the working copy's short side)."""
-        size = self.cfg.data.image_size
         meta = {
             **extra,
             "stage": stage,
@@ -226,14 +225,22 @@ class RunContext:
             "num_classes": getattr(model, "num_classes", None),
             "class_order": self.data.split.class_order,
             "class_names": self.data.class_names,
-            "mean": [float(v) for v in self.data.test.mean],
-            "std": [float(v) for v in self.data.test.std],
-            "image_size": size,
-            "short_side": working_short_side(size),
+            **self.test_preprocessing(),
         }
         path = self.weights_path(stage)
         save_weights(path, model.state_dict(), meta)
         return path
+
+    def test_preprocessing(self) -> dict:
+        """The run's test view (`PREPROCESS`): image size, the dataset's mean / std, and the
+        short side of the working copy a scan keeps."""
+        size, base = self.cfg.data.image_size, self.data.test
+        return {
+            "mean": [float(v) for v in base.mean],
+            "std": [float(v) for v in base.std],
+            "image_size": size,
+            "short_side": working_short_side(size),
+        }
 
     def load_classifier(self, stage: str) -> tuple[Classifier, dict]:
         """Rebuild a stage's classifier (its class count from the file) and load its weights
@@ -283,6 +290,4 @@ def preprocessing(ctx, meta: dict) -> dict:
     which is rebuilt for it (a scan of the training folder)."""
     if all(key in meta for key in PREPROCESS):
         return {key: meta[key] for key in PREPROCESS}
-    size, base = ctx.cfg.data.image_size, ctx.data.test
-    mean, std = [float(v) for v in base.mean], [float(v) for v in base.std]
-    return {"image_size": size, "mean": mean, "std": std, "short_side": working_short_side(size)}
+    return ctx.test_preprocessing()

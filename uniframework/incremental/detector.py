@@ -103,13 +103,14 @@ def refit_detector(
     known = _cat(extract(model, data.loader(data.view("val")), device), _rows(new, held))
     train = _cat(outputs(plan.train_index[0], plan.train_labels[0]), _rows(new, ~held))
     rest_index = np.setdiff1d(data.split.unlabelled, learned)
-    rest = outputs(rest_index, np.full(len(rest_index), -1))
     name = opts.detector if kind == "openset" else kind
     if name == "knn_pool" and len(rest_index) == 0:
         log.warning("incremental: every pool image was learned; knn_pool refitted as plain knn")
         name = "knn"
     metrics: dict[str, float] = {}
     fit_on = train
+    if name in ("energy_weibull", "knn_pool"):  # the two kinds that read the pool's rest
+        rest = outputs(rest_index, np.full(len(rest_index), -1))
     if name == "energy_weibull":  # ORE: known energies against auto-labelled unknown ones
         if opts.auto_label == "top_energy":
             auto = auto_label_unknowns(rest["logits"], opts.unknown_fraction, opts.temperature)

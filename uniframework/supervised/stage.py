@@ -77,10 +77,6 @@ class SupervisedStage:
                         k,
                     )
                 )
-            train = {
-                "labelled": train,
-                "pool": data.loader(pool, train=True, batch_size=opts.batch_size),
-            }
             if opts.gcd_weight > 0:  # two views of each; an epoch = one pass over the labelled
                 train = CombinedLoader(
                     {
@@ -89,6 +85,11 @@ class SupervisedStage:
                     },
                     mode="min_size",
                 )
+            else:
+                train = {
+                    "labelled": train,
+                    "pool": data.loader(pool, train=True, batch_size=opts.batch_size),
+                }
         if opts.progressive is not None:  # image size + regularisation rise by stage
             trainer.callbacks.append(progressive_callback(opts, cfg.data, train_views))
         val = data.loader(data.view("val")) if has_val else None
