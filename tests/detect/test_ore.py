@@ -192,3 +192,64 @@ def test_normalised_clustering_loss_ignores_feature_scale():
             losses[normalise, scale] = cc.step(scale * f, y, live=True).item()
     assert losses[True, 100.0] == pytest.approx(losses[True, 1.0], rel=1e-5)
     assert losses[False, 100.0] > 2 * losses[False, 1.0]
+
+
+def test_without_an_unknown_fit_unknown_detections_are_kept():
+    from scipy.stats import weibull_min
+
+    # known-only identifier (no unknown fit): one known class, -energy = its logit
+    known = torch.from_numpy(weibull_min.rvs(3.0, loc=5.0, scale=2.0, size=300, random_state=0))
+    logits = torch.stack([torch.zeros_like(known), known, torch.zeros_like(known)], 1).float()
+    scorer = fit_identifier(logits, torch.ones(300).long(), 1, 1, temperature=1.0)
+    assert scorer.identifier.unknown is None
+    dets = {
+        "boxes": torch.zeros(3, 4),
+        "labels": torch.tensor([1, 2, 1]),  # known, unknown (the head's own), known
+        "scores": torch.tensor([0.9, 0.8, 0.7]),
+        "logits": torch.tensor([[0.0, 7.0, 0.0], [0.0, 7.0, 0.0], [0.0, -5.0, 0.0]]),
+    }
+    out = apply_identifier(dets, scorer, num_classes=1, num_seen=1)
+    # the unknown head's detection stays although the known CDF does not flag it; the known
+    # detection with an improbably low energy becomes unknown
+    assert out["labels"].tolist() == [1, 2, 2]
+
+
+class _FixedDetector(torch.nn.Module):
+    """`detect` returns the same detections for every image, in model labels; it records the
+    `num_seen` it was called with."""
+
+    def __init__(self, dets):
+        super().__init__()
+        self.dets, self.num_seen, self.called_with = dets, 5, []
+
+    def detect(self, images):
+        self.called_with.append(self.num_seen)
+        return [dict(self.dets) for _ in images]
+
+
+def test_pseudo_labels_add_confident_free_boxes_of_earlier_classes():
+    from uniframework.detect.datasets import DetectionSet
+    from uniframework.detect.engine import pseudo_label_previous
+
+    dets = {
+        "boxes": torch.tensor(
+            [
+                [0.0, 0.0, 10.0, 10.0],  # class 1, confident, free -> added
+                [20.0, 20.0, 30.0, 30.0],  # class 2, below the score -> not
+                [40.0, 40.0, 50.0, 50.0],  # class 4 (a new class) -> not
+                [61.0, 61.0, 71.0, 71.0],  # class 2 on the annotated box -> not
+                [80.0, 80.0, 90.0, 90.0],  # unknown (6) -> not
+            ]
+        ),
+        "labels": torch.tensor([1, 2, 4, 2, 6]),
+        "scores": torch.tensor([0.9, 0.3, 0.95, 0.9, 0.99]),
+    }
+    model = _FixedDetector(dets)
+    target = {"boxes": torch.tensor([[60.0, 60.0, 70.0, 70.0]]), "labels": torch.tensor([4])}
+    data = DetectionSet([torch.zeros(3, 96, 96, dtype=torch.uint8)] * 2, [target] * 2, ["a"])
+    out, added = pseudo_label_previous(model, data, 3, 0.5, torch.device("cpu"), 2)
+    assert added == 2 and model.called_with == [3] and model.num_seen == 5
+    for t in out.targets:
+        assert t["labels"].tolist() == [4, 1]
+        assert t["boxes"][1].tolist() == [0.0, 0.0, 10.0, 10.0]
+    assert data.targets[0]["labels"].tolist() == [4]  # the input set is left as it was

@@ -53,6 +53,10 @@ class DetectOptions(OreOptions):
     exemplars_per_class: int = Field(50, ge=1)  # images per class (OWOD: 50)
     finetune_epochs: int = Field(4, ge=1)
     finetune_lr: float | None = Field(None, gt=0)  # None = lr
+    # from task 2 on, the earlier classes' objects the previous task's model finds (score >=
+    # this) are annotated in the task's images, which annotate only the new classes; None = off
+    # (ORE / OWOD: they stay unannotated, background, and auto-labelling picks them as unknown)
+    pseudo_label_score: float | None = Field(None, gt=0, lt=1)
 
     # ORE (ignored by method: baseline); its shared options: supervised/ore_options.py
     contrastive_start: float = Field(0.25, ge=0, le=1)  # fraction of a task's steps

@@ -39,7 +39,14 @@ from ..openset.weibull import EnergyWeibullScorer
 from ..registry import STAGES
 from ..supervised.prototypes import hinge_margin
 from .datasets import DetectionSet, load_coco, load_voc
-from .engine import detect_all, device_for, exemplar_set, heldout_logits, train_detector
+from .engine import (
+    detect_all,
+    device_for,
+    exemplar_set,
+    heldout_logits,
+    pseudo_label_previous,
+    train_detector,
+)
 from .metrics import owod_metrics
 from .model import OpenWorldDetector
 from .options import DetectOptions
@@ -86,6 +93,24 @@ def load_data(opts: DetectOptions, seed: int) -> tuple[DetectionSet, DetectionSe
     return train, loader(opts.root, opts.test_split, train.classes)
 
 
+def task_data(
+    opts: DetectOptions, seed: int
+) -> tuple[TaskProtocol, DetectionSet, DetectionSet, DetectionSet, list]:
+    """(protocol, train, held-out val, test, per-task chunks of train's indices): the stage's
+    split of the data, the same for every run of `opts` and `seed`."""
+    train_all, test = load_data(opts, seed)
+    protocol = build_protocol(
+        train_all.classes, opts.tasks, opts.task_sizes, opts.class_order, seed
+    )
+    n_val = max(2, int(round(opts.val_fraction * len(train_all))))
+    perm = torch.randperm(len(train_all), generator=torch.Generator().manual_seed(seed))
+    val, train = (
+        train_all.subset(perm[:n_val].sort().values),
+        train_all.subset(perm[n_val:].sort().values),
+    )
+    return protocol, train, val, test, split_images(len(train), len(protocol.tasks), seed)
+
+
 def to_model_space(data: DetectionSet, order: list[int]) -> DetectionSet:
     """Dataset labels -> model labels (1 + position in the protocol order); objects of classes
     outside `order` must have been removed before."""
@@ -120,18 +145,8 @@ class DetectStage:
         device = device_for(cfg.trainer.accelerator)
         epochs = opts.max_epochs or cfg.trainer.max_epochs
         torch.manual_seed(cfg.seed)
-        train_all, test = load_data(opts, cfg.seed)
-        protocol = build_protocol(
-            train_all.classes, opts.tasks, opts.task_sizes, opts.class_order, cfg.seed
-        )
-        order = protocol.order
-        n_val = max(2, int(round(opts.val_fraction * len(train_all))))
-        perm = torch.randperm(len(train_all), generator=torch.Generator().manual_seed(cfg.seed))
-        val, train = (
-            train_all.subset(perm[:n_val].sort().values),
-            train_all.subset(perm[n_val:].sort().values),
-        )
-        chunks = split_images(len(train), len(protocol.tasks), cfg.seed)
+        protocol, train, val, test, chunks = task_data(opts, cfg.seed)
+        names, order = train.classes, protocol.order
         ore = opts.method == "ore"
         model = OpenWorldDetector(**model_kwargs(opts, len(order)))
         clustering = None
@@ -150,8 +165,8 @@ class DetectStage:
             "detect: %s on %s, %d train / %d held-out / %d test images, tasks %s (unknown "
             "throughout: %s), %d epochs per task on %s",
             opts.method, opts.dataset, len(train), len(val), len(test),
-            [[train_all.classes[c] for c in task] for task in protocol.tasks],
-            [train_all.classes[c] for c in protocol.unknown(len(protocol.tasks) - 1)],
+            [[names[c] for c in task] for task in protocol.tasks],
+            [names[c] for c in protocol.unknown(len(protocol.tasks) - 1)],
             epochs, device,
         )  # fmt: skip
         metrics: dict[str, float] = {}
@@ -182,9 +197,7 @@ class DetectStage:
                 )
                 for loop in _loop_checkpoints(run_dir, t):  # the task record supersedes them
                     shutil.rmtree(loop.parent, ignore_errors=True)
-            log.info(
-                "detect: task %d (%s): %s", t + 1, [train_all.classes[c] for c in classes], result
-            )
+            log.info("detect: task %d (%s): %s", t + 1, [names[c] for c in classes], result)
             per_task.append(result)
             metrics.update({f"task{t + 1}.{k}": v for k, v in result.items()})
         last = dict(per_task[-1])
@@ -195,7 +208,7 @@ class DetectStage:
             "method": opts.method,
             "model": model_kwargs(opts, len(order)),
             "num_seen": model.num_seen,
-            "class_names": [train_all.classes[c] for c in order],  # model labels 1..C
+            "class_names": [names[c] for c in order],  # model labels 1..C
         }
         save_weights(ctx.weights_path("detect"), model.state_dict(), meta)
         write_json(run_dir / "detect" / "weibull.json", scorer.state_dict() if scorer else None)
@@ -245,6 +258,12 @@ def _run_task(
     order, seen = protocol.order, protocol.seen(t)
     loop, finetune_loop = _loop_checkpoints(Path(ctx.run_dir), t)
     task_data = to_model_space(train.subset(chunks[t]).with_labels(protocol.tasks[t]), order)
+    if t > 0 and opts.pseudo_label_score is not None:
+        task_data, added = pseudo_label_previous(
+            model, task_data, len(protocol.previous(t)), opts.pseudo_label_score, device,
+            opts.batch_size,
+        )  # fmt: skip
+        log.info("detect task %d: %d boxes of earlier classes pseudo-labelled", t + 1, added)
     train_detector(
         model, clustering, task_data, epochs, opts.lr, opts, device, seed, f"task {t + 1}", loop
     )

@@ -1,0 +1,169 @@
+"""Where the unknown objects go: a finished `detect` run's never-known objects, task by task.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detect_unknowns.py RUN_DIR
+
+For each task whose record the run left (`checkpoints/detect/task<t>.safetensors`), with that
+task's model and identifier, printed over the test images' unknown objects (classes not known
+at that task):
+- `proposal`: share with an RPN proposal at IoU >= 0.5 (the RoI head's candidates);
+- `raw unknown / raw known / raw none`: the detector's own output before the energy identifier
+  (an "unknown" detection at IoU > 0.5; else a known-class one; else nothing);
+- `final unknown / final known / final none`: the same after the identifier (what U-Recall and
+  A-OSE count);
+and on the task's own training images (auto-labelling with the task's final model, the
+procedure `OpenWorldRoIHeads.sample` runs every step): the share of auto-labelled proposals that
+sit on an unknown object (IoU >= 0.5), and the share of unknown objects that get one. Then the
+held-out energies the identifier was fitted on: known vs auto-labelled unknown (median, IQR),
+and the Weibull fits. The evaluation reads the test truth; the run's stages did not.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision.ops import box_iou
+
+from uniframework.detect.datasets import collate
+from uniframework.detect.engine import detect_all, heldout_logits
+from uniframework.detect.metrics import owod_metrics
+from uniframework.detect.model import OpenWorldDetector
+from uniframework.detect.ore import apply_identifier, auto_label_unknowns, known_logits
+from uniframework.detect.stage import _scorer, model_kwargs, task_data, to_model_space
+from uniframework.io import load_weights, read_json
+from uniframework.openset.scores import energy
+from uniframework.rundir import open_run
+
+
+def outcome(dets: dict, gt: torch.Tensor, unknown_label: int) -> list[str]:
+    """Per unknown object `gt [G, 4]`: 'unknown' (an unknown detection at IoU > 0.5), else
+    'known' (a known-class detection there), else 'none'."""
+    if len(gt) == 0:
+        return []
+    if len(dets["boxes"]) == 0:
+        return ["none"] * len(gt)
+    iou = box_iou(gt, dets["boxes"].float()) > 0.5  # [G, n]
+    unk = dets["labels"] == unknown_label
+    out = []
+    for row in iou:
+        out.append("unknown" if (row & unk).any() else "known" if row.any() else "none")
+    return out
+
+
+@torch.no_grad()
+def diagnose(model: OpenWorldDetector, scorer, test, unknown_classes: list[int]) -> dict:
+    model.eval()
+    unk_t = torch.tensor(unknown_classes)
+    counts: dict[str, float] = {"objects": 0, "proposal": 0}
+    for images, targets, _ in DataLoader(test, 4, collate_fn=collate):
+        image_list, _ = model._prepare(images)
+        feats = model.backbone(image_list.tensors)
+        props, _, _ = model.rpn(image_list, feats)
+        _, logits, deltas = model.roi_heads.head(feats, props, image_list.image_sizes)
+        dets = model.roi_heads.postprocess(logits, deltas, props, image_list.image_sizes)
+        sizes = [tuple(im.shape[-2:]) for im in images]
+        dets = model.transform.postprocess(dets, image_list.image_sizes, sizes)
+        scale = [  # proposals are in the transform's pixels; GT boxes in the image's
+            torch.tensor([s[1] / r[1], s[0] / r[0]] * 2)
+            for s, r in zip(image_list.image_sizes, sizes)
+        ]
+        for t, d, p, sc in zip(targets, dets, props, scale):
+            gt = t["boxes"][torch.isin(t["labels"], unk_t)].float()
+            counts["objects"] += len(gt)
+            if len(gt) == 0:
+                continue
+            counts["proposal"] += int((box_iou(gt * sc, p).amax(1) >= 0.5).sum())
+            for stage, dd in (
+                ("raw", d),
+                ("final", apply_identifier(d, scorer, model.roi_heads.num_classes, model.num_seen)
+                 if scorer else d),
+            ):  # fmt: skip
+                for o in outcome(dd, gt, model.roi_heads.unknown_label):
+                    counts[f"{stage} {o}"] = counts.get(f"{stage} {o}", 0) + 1
+    n = max(1, counts["objects"])
+    return {k: (v if k == "objects" else v / n) for k, v in counts.items()}
+
+
+@torch.no_grad()
+def auto_labels(model: OpenWorldDetector, data, labelled: list[int], unknown: list[int]) -> dict:
+    """On `data` (dataset labels) annotated with `labelled` only, as the task trains: where the
+    auto-labelled proposals land (IoU >= 0.5 with an unknown object, with an object of a class
+    known earlier but not annotated in this task, or neither) and the share of unknown objects
+    that get one (the task's final model)."""
+    model.eval()
+    lab_t, unk_t = torch.tensor(labelled), torch.tensor(unknown)
+    where = {"unknown": 0, "earlier": 0, "background": 0}
+    objects = found = 0
+    for images, targets, _ in DataLoader(data, 4, collate_fn=collate):
+        image_list, _ = model._prepare(images)
+        feats = model.backbone(image_list.tensors)
+        props, obj, _ = model.rpn(image_list, feats)
+        sizes = [tuple(im.shape[-2:]) for im in images]
+        for t, p, o, r, s in zip(targets, props, obj, image_list.image_sizes, sizes):
+            boxes = t["boxes"].float() * torch.tensor([r[1] / s[1], r[0] / s[0]] * 2)
+            is_lab, is_unk = torch.isin(t["labels"], lab_t), torch.isin(t["labels"], unk_t)
+            idx = auto_label_unknowns(
+                p, o, boxes[is_lab], model.roi_heads.unknown_topk, model.roi_heads.unknown_iou
+            )
+            objects += int(is_unk.sum())
+            for i in idx:
+                iou = box_iou(p[i : i + 1], boxes)[0] if len(boxes) else torch.zeros(0)
+                hit = iou >= 0.5
+                kind = (
+                    "unknown" if (hit & is_unk).any() else "earlier" if hit.any() else "background"
+                )
+                where[kind] += 1
+            if is_unk.any() and len(idx):
+                found += int((box_iou(p[idx], boxes[is_unk]).amax(0) >= 0.5).sum())
+    picked = max(1, sum(where.values()))
+    out = {f"picks on {k}": round(v / picked, 3) for k, v in where.items()}
+    return {**out, "unknown objects": objects, "auto-labelled": round(found / max(1, objects), 3)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run_dir", type=Path)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    ctx, _ = open_run(args.run_dir)
+    opts = dict(ctx.cfg.stage_list())["detect"]
+    protocol, train, val, test, chunks = task_data(opts, ctx.cfg.seed)
+    order = protocol.order
+    for t in range(len(protocol.tasks)):
+        path = args.run_dir / "checkpoints" / "detect" / f"task{t + 1}.safetensors"
+        if not path.is_file():
+            break
+        model = OpenWorldDetector(**model_kwargs(opts, len(order)))
+        state, _ = load_weights(path)
+        model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+        model.num_seen = len(protocol.seen(t))
+        record = read_json(args.run_dir / "detect" / f"task{t + 1}.json")
+        scorer = _scorer(record.get("weibull"))
+        unknown = protocol.unknown(t)
+        names = [train.classes[c] for c in protocol.seen(t)], [train.classes[c] for c in unknown]
+        print(f"task {t + 1}: seen {names[0]}, unknown {names[1]}, metrics {record['metrics']}")
+        dets = detect_all(model, test, scorer, order, torch.device("cpu"), 4)
+        now = owod_metrics(dets, test.targets, protocol.seen(t), protocol.previous(t))
+        print("  metrics with this code's identifier:", {k: round(v, 3) for k, v in now.items()})
+        res = diagnose(model, scorer, test, unknown)
+        print("  test unknown objects:", {k: round(v, 3) for k, v in res.items()})
+        mine = train.subset(chunks[t])
+        picks = auto_labels(model, mine, protocol.tasks[t], unknown)
+        print("  auto-labelling on the task's images:", picks)
+        held = to_model_space(val.with_labels(protocol.seen(t)), order)
+        logits, labels = heldout_logits(model, held, torch.device("cpu"), 4)
+        x = -energy(known_logits(logits, model.num_seen), opts.temperature)
+        for name, m in (
+            ("known", (labels > 0) & (labels <= len(order))),
+            ("unknown", labels == len(order) + 1),
+        ):
+            v = x[m]
+            q = torch.quantile(v, torch.tensor([0.25, 0.5, 0.75])) if len(v) else []
+            print(f"  held-out {name}: n={len(v)}, -E quartiles {[round(float(a), 2) for a in q]}")
+        print("  weibull:", record.get("weibull", {}) and record["weibull"]["identifier"])
+
+
+if __name__ == "__main__":
+    main()
