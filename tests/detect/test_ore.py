@@ -104,13 +104,25 @@ def test_a_degenerate_unknown_fit_falls_back_to_the_known_weibull():
     x = torch.cat([known, unknown]).float()
     logits = torch.stack([torch.zeros_like(x), x, torch.zeros_like(x)], 1)  # bg, class 1, unk
     labels = torch.cat([torch.ones(300), torch.full((300,), 2)]).long()
-    scorer = fit_identifier(logits, labels, num_classes=1, num_seen=1, temperature=1.0)
+    scorer = fit_identifier(logits, labels, 1, 1, temperature=1.0, degenerate="known_only")
     assert scorer.identifier.unknown is None  # shape < 1: known-only identifier kept
     ident = scorer.identifier
     assert ident.known is not None and ident.known.shape > 1
     # a known-looking logit stays known, one far below every known stays unknown
     decide = scorer.predict_unknown(torch.tensor([[7.0], [0.5]]))  # the known logits
     assert decide.tolist() == [False, True]
+
+    # the default: the unknowns fitted again with the shape held >= 1, within one data range
+    scorer = fit_identifier(logits, labels, 1, 1, temperature=1.0)
+    unk = scorer.identifier.unknown
+    assert unk is not None and unk.shape >= 1.0
+    u = x[300:].double()
+    assert float(u.min() - (u.max() - u.min())) - 1e-9 <= unk.loc <= float(u.min()) + 1e-9
+    # the fitted density is the better one on its own samples: most of them are called unknown
+    assert scorer.predict_unknown(logits[300:, 1:2]).float().mean() > 0.8
+    assert scorer.predict_unknown(logits[:300, 1:2]).float().mean() < 0.1
+    again = fit_identifier(logits, labels, 1, 1, temperature=1.0).identifier.unknown
+    assert again == unk  # seeded: the same fit every time
 
 
 # --- where the defaults follow ORE / OWOD and where they do not

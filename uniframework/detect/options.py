@@ -63,6 +63,9 @@ class DetectOptions(OreOptions):
     # "overlaps no GT": IoU below this with every box (OWOD: 0.5, its RoI background threshold)
     unknown_iou: float = Field(UNKNOWN_IOU, gt=0, le=1)
     temperature: float = Field(1.5, gt=0)  # energy T (official code)
+    # a degenerate (shape < 1) unknown-energy Weibull: fitted again with the shape held >= 1
+    # (ours; measured), or discarded for the known-only rule (the earlier behaviour)
+    degenerate_unknown_fit: Literal["shape_ge_1", "known_only"] = "shape_ge_1"
     figures: bool = True
 
     @model_validator(mode="after")

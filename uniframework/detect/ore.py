@@ -134,14 +134,20 @@ def known_logits(logits: Tensor, num_seen: int) -> Tensor:
 
 
 def fit_identifier(
-    logits: Tensor, labels: Tensor, num_classes: int, num_seen: int, temperature: float = 1.5
+    logits: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    num_seen: int,
+    temperature: float = 1.5,
+    degenerate: str = "shape_ge_1",
 ) -> EnergyWeibullScorer:
     """Weibull fits on held-out proposals: ``logits [N, K]``, model-space ``labels [N]``; known
     foreground (1..num_classes) vs auto-labelled unknown (num_classes + 1); background is
-    not used (OWOD's ``compute_energy`` takes the foreground and unknown proposals)."""
+    not used (OWOD's ``compute_energy`` takes the foreground and unknown proposals).
+    `degenerate`: what a shape < 1 unknown fit becomes (`WeibullIdentifier`)."""
     fg = (labels > 0) & (labels <= num_classes)
     unk = labels == num_classes + 1
-    scorer = EnergyWeibullScorer(temperature=temperature)
+    scorer = EnergyWeibullScorer(temperature=temperature, degenerate=degenerate)
     x = -energy(known_logits(logits, num_seen), temperature)  # [N], what the Weibulls fit
     keep = (fg & _inlier(x, fg)) | (unk & _inlier(x, unk))
     lab = torch.where(unk[keep], -1, labels[keep] - 1)

@@ -285,8 +285,9 @@ def _run_task(
         logits, labels = heldout_logits(model, held, device, opts.batch_size)
         try:
             scorer = fit_identifier(
-                logits, labels, len(order), len(seen), temperature=opts.temperature
-            )
+                logits, labels, len(order), len(seen), opts.temperature,
+                opts.degenerate_unknown_fit,
+            )  # fmt: skip
         except ValueError as err:  # too few or degenerate energies: no relabelling this task
             log.warning("detect task %d: no energy identifier (%s)", t + 1, err)
     dets = detect_all(model, test, scorer, order, device, opts.batch_size)

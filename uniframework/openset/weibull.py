@@ -69,6 +69,35 @@ def fit_weibull(values: np.ndarray | Tensor) -> WeibullParams:
     return WeibullParams(shape, loc, scale)
 
 
+def fit_weibull_shape_ge_1(values: np.ndarray | Tensor) -> WeibullParams:
+    """3-parameter Weibull fit of ``values: [N]`` with the shape held >= 1 (a density bounded at
+    its `loc`) and `loc` within one data range below the smallest value.
+
+    Why: the unconstrained maximum likelihood is unbounded as `loc` approaches the smallest
+    value with shape < 1, and scipy's optimiser can end there (a density that wins or loses by
+    where `loc` lands, not by the data). Holding the shape at >= 1 is the usual way out; on
+    left-skewed samples the fit then runs toward large shapes and a far-left `loc`, which the
+    range bound stops one data range below the data (measured on the digit scenes' task-2
+    unknown energies: 1, 3 and 10 ranges give U-Recall 0.92 / 0.95 / 0.96, A-OSE 285 / 245 /
+    228, mAP 0.72 / 0.71 / 0.70 — the closest bound is the least extrapolation)."""
+    from functools import partial
+
+    from scipy import stats
+    from scipy.optimize import differential_evolution
+
+    x = np.asarray(torch.as_tensor(values).detach().cpu().double()).ravel()
+    lo, span = float(x.min()), float(np.ptp(x))
+    if x.size < 3 or not np.isfinite(x).all() or span <= 0:
+        raise ValueError("a bounded Weibull fit needs >= 3 finite values that are not all equal")
+    bounds = {"c": (1.0, 100.0), "loc": (lo - span, lo), "scale": (1e-6 * span, 100.0 * span)}
+    # scipy's default optimiser (differential evolution), seeded: the same fit on every run
+    res = stats.fit(weibull_min, x, bounds, optimizer=partial(differential_evolution, seed=0))
+    shape, loc, scale = (float(v) for v in res.params)
+    if not (res.success and np.isfinite([shape, loc, scale]).all()):
+        raise ValueError(f"bounded Weibull fit failed: {res.message}")
+    return WeibullParams(shape, loc, scale)
+
+
 def ranking_score(ratio: Tensor, energy: Tensor) -> Tensor:
     """``WeibullIdentifier.score`` from its log density ratio ``[N]`` and the energies ``[N]``:
     where the ratio saturates (+-LOG_RATIO_CAP) the energy breaks the tie (also the ONNX graph's,
@@ -85,14 +114,20 @@ class WeibullIdentifier:
     densities vanish (``-E`` left of both supports) the sample goes to the distribution whose
     support starts nearer, i.e. the one with the smaller ``loc``.
 
-    Fallback without unknown samples, or when their fit is degenerate (shape < 1) (our choice;
-    ORE always has auto-labelled unknowns): only the known Weibull is used,
+    When the unknown fit is degenerate (shape < 1): with ``degenerate="known_only"`` it is
+    discarded; with ``"shape_ge_1"`` the unknowns are fitted again with the shape held >= 1
+    (`fit_weibull_shape_ge_1`).
+
+    Fallback without unknown samples, or with a discarded fit (our choice; ORE always has
+    auto-labelled unknowns): only the known Weibull is used,
     ``score = -log F_known(-E)`` (how improbably low ``-E`` is for a known), and a sample is
     unknown when ``F_known(-E) < alpha``.
     """
 
-    def __init__(self, alpha: float = 0.05) -> None:
-        self.alpha = alpha
+    def __init__(self, alpha: float = 0.05, degenerate: str = "known_only") -> None:
+        if degenerate not in ("known_only", "shape_ge_1"):
+            raise ValueError(f"degenerate must be 'known_only' or 'shape_ge_1', got {degenerate}")
+        self.alpha, self.degenerate = alpha, degenerate
         self.known: WeibullParams | None = None
         self.unknown: WeibullParams | None = None
 
@@ -102,12 +137,20 @@ class WeibullIdentifier:
         self.unknown = fit_weibull(-torch.as_tensor(unknown_energy)) if has_unknown else None
         if self.unknown is not None and self.unknown.shape < 1:
             # A shape < 1 density is unbounded at `loc`: it wins or loses by where `loc` lands,
-            # not by the data (seen on ORE detection's second task). Keep the known-only rule.
-            log.warning(
-                "unknown-energy Weibull is degenerate (shape %.2f); using the known fit only",
-                self.unknown.shape,
-            )
-            self.unknown = None
+            # not by the data (seen on ORE detection's second task).
+            if self.degenerate == "shape_ge_1":
+                log.info(
+                    "unknown-energy Weibull is degenerate (shape %.2f); fitted again with the "
+                    "shape held >= 1",
+                    self.unknown.shape,
+                )
+                self.unknown = fit_weibull_shape_ge_1(-torch.as_tensor(unknown_energy))
+            else:
+                log.warning(
+                    "unknown-energy Weibull is degenerate (shape %.2f); using the known fit only",
+                    self.unknown.shape,
+                )
+                self.unknown = None
         return self
 
     @property
@@ -169,10 +212,14 @@ class EnergyWeibullScorer(Scorer):
     """
 
     def __init__(
-        self, temperature: float = 1.5, num_known: int | None = None, alpha: float = 0.05
+        self,
+        temperature: float = 1.5,
+        num_known: int | None = None,
+        alpha: float = 0.05,
+        degenerate: str = "known_only",
     ) -> None:
         self.temperature, self.num_known = temperature, num_known
-        self.identifier = WeibullIdentifier(alpha=alpha)
+        self.identifier = WeibullIdentifier(alpha=alpha, degenerate=degenerate)
 
     def _energy(self, logits: Tensor) -> Tensor:
         return energy(logits[:, : self.num_known], self.temperature)
