@@ -3,15 +3,17 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/detect_unknowns.py RUN_DIR
 
 For each task whose record the run left (`checkpoints/detect/task<t>.safetensors`), with that
-task's model and identifier, printed over the test images' unknown objects (classes not known
-at that task):
+task's model: the OWOD metrics with the run's identifier and with one refitted by this code (on
+the same model: what a change of the identifier alone buys); then, with the run's identifier,
+over the test images' unknown objects (classes not known at that task):
 - `proposal`: share with an RPN proposal at IoU >= 0.5 (the RoI head's candidates);
 - `raw unknown / raw known / raw none`: the detector's own output before the energy identifier
   (an "unknown" detection at IoU > 0.5; else a known-class one; else nothing);
 - `final unknown / final known / final none`: the same after the identifier (what U-Recall and
   A-OSE count);
 and on the task's own training images (auto-labelling with the task's final model, the
-procedure `OpenWorldRoIHeads.sample` runs every step): the share of auto-labelled proposals that
+procedure `OpenWorldRoIHeads.sample` runs every step, with the run's pseudo-labels of earlier
+classes when it had them, drawn again with the previous task's model): the share of auto-labelled proposals that
 sit on an unknown object (IoU >= 0.5), and the share of unknown objects that get one. Then the
 held-out energies the identifier was fitted on: known vs auto-labelled unknown (median, IQR),
 and the Weibull fits. The evaluation reads the test truth; the run's stages did not.
@@ -27,10 +29,15 @@ from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
 from uniframework.detect.datasets import collate
-from uniframework.detect.engine import detect_all, heldout_logits
+from uniframework.detect.engine import detect_all, heldout_logits, pseudo_label_previous
 from uniframework.detect.metrics import owod_metrics
 from uniframework.detect.model import OpenWorldDetector
-from uniframework.detect.ore import apply_identifier, auto_label_unknowns, known_logits
+from uniframework.detect.ore import (
+    apply_identifier,
+    auto_label_unknowns,
+    fit_identifier,
+    known_logits,
+)
 from uniframework.detect.stage import _scorer, model_kwargs, task_data, to_model_space
 from uniframework.io import load_weights, read_json
 from uniframework.openset.scores import energy
@@ -87,25 +94,36 @@ def diagnose(model: OpenWorldDetector, scorer, test, unknown_classes: list[int])
 
 
 @torch.no_grad()
-def auto_labels(model: OpenWorldDetector, data, labelled: list[int], unknown: list[int]) -> dict:
+def auto_labels(
+    model: OpenWorldDetector,
+    data,
+    labelled: list[int],
+    unknown: list[int],
+    pseudo: list[torch.Tensor] | None = None,
+) -> dict:
     """On `data` (dataset labels) annotated with `labelled` only, as the task trains: where the
     auto-labelled proposals land (IoU >= 0.5 with an unknown object, with an object of a class
     known earlier but not annotated in this task, or neither) and the share of unknown objects
-    that get one (the task's final model)."""
+    that get one (the task's final model). `pseudo`: per image, the boxes [k, 4] the run's
+    pseudo-labels added (annotated as well)."""
     model.eval()
     lab_t, unk_t = torch.tensor(labelled), torch.tensor(unknown)
     where = {"unknown": 0, "earlier": 0, "background": 0}
     objects = found = 0
-    for images, targets, _ in DataLoader(data, 4, collate_fn=collate):
+    for images, targets, index in DataLoader(data, 4, collate_fn=collate):
         image_list, _ = model._prepare(images)
         feats = model.backbone(image_list.tensors)
         props, obj, _ = model.rpn(image_list, feats)
         sizes = [tuple(im.shape[-2:]) for im in images]
-        for t, p, o, r, s in zip(targets, props, obj, image_list.image_sizes, sizes):
-            boxes = t["boxes"].float() * torch.tensor([r[1] / s[1], r[0] / s[0]] * 2)
+        for i, t, p, o, r, s in zip(index, targets, props, obj, image_list.image_sizes, sizes):
+            scale = torch.tensor([r[1] / s[1], r[0] / s[0]] * 2)
+            boxes = t["boxes"].float() * scale
             is_lab, is_unk = torch.isin(t["labels"], lab_t), torch.isin(t["labels"], unk_t)
+            annotated = boxes[is_lab]
+            if pseudo is not None:
+                annotated = torch.cat([annotated, pseudo[i].float() * scale])
             idx = auto_label_unknowns(
-                p, o, boxes[is_lab], model.roi_heads.unknown_topk, model.roi_heads.unknown_iou
+                p, o, annotated, model.roi_heads.unknown_topk, model.roi_heads.unknown_iou
             )
             objects += int(is_unk.sum())
             for i in idx:
@@ -130,7 +148,7 @@ def main() -> None:
     ctx, _ = open_run(args.run_dir)
     opts = dict(ctx.cfg.stage_list())["detect"]
     protocol, train, val, test, chunks = task_data(opts, ctx.cfg.seed)
-    order = protocol.order
+    order, cpu, previous = protocol.order, torch.device("cpu"), None
     for t in range(len(protocol.tasks)):
         path = args.run_dir / "checkpoints" / "detect" / f"task{t + 1}.safetensors"
         if not path.is_file():
@@ -144,16 +162,30 @@ def main() -> None:
         unknown = protocol.unknown(t)
         names = [train.classes[c] for c in protocol.seen(t)], [train.classes[c] for c in unknown]
         print(f"task {t + 1}: seen {names[0]}, unknown {names[1]}, metrics {record['metrics']}")
-        dets = detect_all(model, test, scorer, order, torch.device("cpu"), 4)
-        now = owod_metrics(dets, test.targets, protocol.seen(t), protocol.previous(t))
-        print("  metrics with this code's identifier:", {k: round(v, 3) for k, v in now.items()})
+        held = to_model_space(val.with_labels(protocol.seen(t)), order)
+        logits, labels = heldout_logits(model, held, cpu, 4)
+        refit = fit_identifier(
+            logits, labels, len(order), model.num_seen, opts.temperature,
+            opts.degenerate_unknown_fit,
+        )  # fmt: skip
+        for what, sc in (("the run's identifier", scorer), ("refitted by this code", refit)):
+            now = owod_metrics(
+                detect_all(model, test, sc, order, cpu, 4),
+                test.targets, protocol.seen(t), protocol.previous(t),
+            )  # fmt: skip
+            print(f"  metrics, {what}:", {k: round(v, 3) for k, v in now.items()})
         res = diagnose(model, scorer, test, unknown)
         print("  test unknown objects:", {k: round(v, 3) for k, v in res.items()})
         mine = train.subset(chunks[t])
-        picks = auto_labels(model, mine, protocol.tasks[t], unknown)
+        pseudo = None
+        if t > 0 and opts.pseudo_label_score is not None:  # as the run: the previous model's
+            plain = to_model_space(mine.with_labels(protocol.tasks[t]), order)
+            with_pl, _ = pseudo_label_previous(
+                previous, plain, len(protocol.previous(t)), opts.pseudo_label_score, cpu, 4
+            )
+            pseudo = [a["boxes"][len(b["boxes"]) :] for a, b in zip(with_pl.targets, plain.targets)]
+        picks = auto_labels(model, mine, protocol.tasks[t], unknown, pseudo)
         print("  auto-labelling on the task's images:", picks)
-        held = to_model_space(val.with_labels(protocol.seen(t)), order)
-        logits, labels = heldout_logits(model, held, torch.device("cpu"), 4)
         x = -energy(known_logits(logits, model.num_seen), opts.temperature)
         for name, m in (
             ("known", (labels > 0) & (labels <= len(order))),
@@ -163,6 +195,8 @@ def main() -> None:
             q = torch.quantile(v, torch.tensor([0.25, 0.5, 0.75])) if len(v) else []
             print(f"  held-out {name}: n={len(v)}, -E quartiles {[round(float(a), 2) for a in q]}")
         print("  weibull:", record.get("weibull", {}) and record["weibull"]["identifier"])
+        print("  weibull refitted by this code:", refit.identifier.state_dict())
+        previous = model
 
 
 if __name__ == "__main__":

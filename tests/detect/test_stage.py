@@ -25,6 +25,7 @@ TINY = {
     "rpn_pre_nms": 100,
     "rpn_post_nms": 40,
     "roi_batch": 32,
+    "pseudo_label_score": 0.3,  # the earlier classes pseudo-labelled in task 2's images
 }
 PER_TASK = ("map50_all", "map50_cur", "u_recall50", "wi", "a_ose")
 FINAL = ("map50", "map50_prev", "map50_cur", "u_recall50", "wi", "a_ose")
@@ -62,6 +63,18 @@ def test_tiny_run_writes_every_metric(ore_run):
         assert (run_dir / f).is_file()
     assert (run_dir / "checkpoints" / "detect.safetensors").is_file()
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics
+
+
+def test_the_identifier_is_fitted_after_each_task(ore_run):
+    run_dir, _ = ore_run
+    fits = [json.loads((run_dir / f"detect/task{t}.json").read_text())["weibull"] for t in (1, 2)]
+    for fit in fits:
+        assert fit is not None and fit["identifier"]["known"] is not None
+        unknown = fit["identifier"]["unknown"]  # a degenerate fit is fitted again, not dropped
+        assert unknown is not None and unknown["shape"] >= 1.0
+    assert fits[0]["identifier"]["known"] != fits[1]["identifier"]["known"]  # refitted
+    final = json.loads((run_dir / "detect/weibull.json").read_text())
+    assert final == fits[1]  # the run ends with the last task's identifier
 
 
 def test_predict_images_survives_a_bad_file(ore_run, tmp_path):
