@@ -13,8 +13,9 @@ over the test images' unknown objects (classes not known at that task):
   A-OSE count);
 and on the task's own training images (auto-labelling with the task's final model, the
 procedure `OpenWorldRoIHeads.sample` runs every step, with the run's pseudo-labels of earlier
-classes when it had them, drawn again with the previous task's model): the share of auto-labelled proposals that
-sit on an unknown object (IoU >= 0.5), and the share of unknown objects that get one. Then the
+classes when it had them, drawn again with the previous task's model): where the picks land
+(an unknown object, an unannotated object of an earlier class, background: IoU >= 0.5) and
+the share of unknown objects that get one. Then the
 held-out energies the identifier was fitted on: known vs auto-labelled unknown (median, IQR),
 and the Weibull fits. The evaluation reads the test truth; the run's stages did not.
 """
@@ -60,7 +61,9 @@ def outcome(dets: dict, gt: torch.Tensor, unknown_label: int) -> list[str]:
 
 
 @torch.no_grad()
-def diagnose(model: OpenWorldDetector, scorer, test, unknown_classes: list[int]) -> dict:
+def diagnose(
+    model: OpenWorldDetector, scorer, test, unknown_classes: list[int], keep_unknown: bool
+) -> dict:
     model.eval()
     unk_t = torch.tensor(unknown_classes)
     counts: dict[str, float] = {"objects": 0, "proposal": 0}
@@ -84,8 +87,9 @@ def diagnose(model: OpenWorldDetector, scorer, test, unknown_classes: list[int])
             counts["proposal"] += int((box_iou(gt * sc, p).amax(1) >= 0.5).sum())
             for stage, dd in (
                 ("raw", d),
-                ("final", apply_identifier(d, scorer, model.roi_heads.num_classes, model.num_seen)
-                 if scorer else d),
+                ("final", apply_identifier(
+                    d, scorer, model.roi_heads.num_classes, model.num_seen, keep_unknown
+                 ) if scorer else d),
             ):  # fmt: skip
                 for o in outcome(dd, gt, model.roi_heads.unknown_label):
                     counts[f"{stage} {o}"] = counts.get(f"{stage} {o}", 0) + 1
@@ -170,11 +174,11 @@ def main() -> None:
         )  # fmt: skip
         for what, sc in (("the run's identifier", scorer), ("refitted by this code", refit)):
             now = owod_metrics(
-                detect_all(model, test, sc, order, cpu, 4),
+                detect_all(model, test, sc, order, cpu, 4, opts.keep_unknown_detections),
                 test.targets, protocol.seen(t), protocol.previous(t),
             )  # fmt: skip
             print(f"  metrics, {what}:", {k: round(v, 3) for k, v in now.items()})
-        res = diagnose(model, scorer, test, unknown)
+        res = diagnose(model, scorer, test, unknown, opts.keep_unknown_detections)
         print("  test unknown objects:", {k: round(v, 3) for k, v in res.items()})
         mine = train.subset(chunks[t])
         pseudo = None

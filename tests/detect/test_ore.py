@@ -57,7 +57,7 @@ def test_clustering_off_until_live_then_pulls_to_prototypes():
     assert f.grad is not None and float(f.grad[4].abs().sum()) == 0.0  # background untouched
 
 
-def test_energy_identifier_relabels_and_drops():
+def test_energy_identifier_relabels_and_owod_drops():
     gen = torch.Generator().manual_seed(0)
     # known proposals: one large known logit (low energy); unknowns: flat small logits
     known = torch.randn(200, 6, generator=gen)
@@ -74,11 +74,14 @@ def test_energy_identifier_relabels_and_drops():
         "scores": torch.tensor([0.9, 0.8, 0.7]),
         "logits": torch.stack([known[1], unk[0], known[2]]),
     }
-    out = apply_identifier(dets, scorer, num_classes=4, num_seen=3)
-    # row 0 stays known; row 1 (flat logits) becomes unknown; row 2, an "unknown" detection
-    # the known density claims, is dropped
+    out = apply_identifier(dets, scorer, num_classes=4, num_seen=3, keep_unknown=False)
+    # OWOD's rule: row 0 stays known; row 1 (flat logits) becomes unknown; row 2, an "unknown"
+    # detection the known density claims, is dropped
     assert out["labels"].tolist() == [2, 5]
     assert out["scores"].tolist() == pytest.approx([0.9, 0.8])
+    # ours (the default): the same relabelling, the unknown head's detection kept
+    out = apply_identifier(dets, scorer, num_classes=4, num_seen=3)
+    assert out["labels"].tolist() == [2, 5, 5]
 
 
 def test_exemplars_are_class_balanced_herding():

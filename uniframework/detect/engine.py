@@ -153,8 +153,10 @@ def detect_all(
     order: list[int],
     device: torch.device,
     batch: int,
+    keep_unknown: bool = True,
 ) -> list[dict[str, torch.Tensor]]:
-    """Detections on every image, labels in dataset space (-1 = unknown)."""
+    """Detections on every image, labels in dataset space (-1 = unknown); `keep_unknown`:
+    `apply_identifier`'s."""
     model.eval().to(device)
     lut = torch.tensor([-1] + list(order) + [UNKNOWN])  # model label -> dataset label
     out = []
@@ -162,7 +164,9 @@ def detect_all(
         for d in model.detect([im.to(device) for im in images]):
             d = {k: v.cpu() for k, v in d.items()}
             if scorer is not None:
-                d = apply_identifier(d, scorer, model.roi_heads.num_classes, model.num_seen)
+                d = apply_identifier(
+                    d, scorer, model.roi_heads.num_classes, model.num_seen, keep_unknown
+                )
             d["labels"] = lut[d["labels"]]
             out.append(d)
     return out

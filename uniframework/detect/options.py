@@ -66,6 +66,9 @@ class DetectOptions(OreOptions):
     # a degenerate (shape < 1) unknown-energy Weibull: fitted again with the shape held >= 1
     # (ours; measured), or discarded for the known-only rule (the earlier behaviour)
     degenerate_unknown_fit: Literal["shape_ge_1", "known_only"] = "shape_ge_1"
+    # the unknown head's detections are kept where the known energy density wins (ours,
+    # measured); false = OWOD's rule, which drops them
+    keep_unknown_detections: bool = True
     figures: bool = True
 
     @model_validator(mode="after")

@@ -62,7 +62,8 @@ def predict_images(
             continue
         d = model.detect([image])[0]
         if scorer is not None:
-            d = apply_identifier(d, scorer, num_classes, model.num_seen)
+            keep = meta.get("keep_unknown_detections", True)
+            d = apply_identifier(d, scorer, num_classes, model.num_seen, keep)
         keep = d["scores"] >= min_score
         labels = [
             "unknown" if int(lab) == num_classes + 1 else names[int(lab) - 1]
