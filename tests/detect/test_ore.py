@@ -227,6 +227,9 @@ def test_without_an_unknown_fit_unknown_detections_are_kept():
     # the unknown head's detection stays although the known CDF does not flag it; the known
     # detection with an improbably low energy becomes unknown
     assert out["labels"].tolist() == [1, 2, 2]
+    # the earlier behaviour (keep_unknown=False): the unflagged unknown detection is dropped
+    out = apply_identifier(dets, scorer, num_classes=1, num_seen=1, keep_unknown=False)
+    assert out["labels"].tolist() == [1, 2] and out["scores"].tolist() == pytest.approx([0.9, 0.7])
 
 
 class _FixedDetector(torch.nn.Module):

@@ -183,9 +183,9 @@ def apply_identifier(
     auto-labelled proposals; the 1-D energy densities, fitted on some sixty held-out picks, are
     a blunter test, and where the unknown fit is wide the known density claims almost every
     unknown detection: on the digit scenes' task 2 (seed 2) dropping them cut U-Recall from
-    0.49 to 0.05; mAP, WI and A-OSE count known detections only and do not move. Without an
-    unknown fit the known-only rule has no density to weigh an unknown detection against, so
-    nothing is dropped either way."""
+    0.49 to 0.05; mAP, WI and A-OSE count known detections only and do not move. (Without an
+    unknown fit, ``keep_unknown=False`` drops the unknown detections the known-only rule does
+    not flag: the stage's behaviour before the option.)"""
     unknown_label = num_classes + 1
     if len(dets["labels"]) == 0:
         return dets
@@ -194,7 +194,7 @@ def apply_identifier(
     )
     labels = torch.where(is_unk, torch.full_like(dets["labels"], unknown_label), dets["labels"])
     keep = is_unk | (dets["labels"] != unknown_label)
-    if keep_unknown or scorer.identifier.unknown is None:  # relabel, never drop
+    if keep_unknown:  # relabel, never drop
         keep = torch.ones_like(keep)
     return {k: (labels if k == "labels" else v)[keep] for k, v in dets.items()}
 

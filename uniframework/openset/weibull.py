@@ -144,7 +144,11 @@ class WeibullIdentifier:
                     "shape held >= 1",
                     self.unknown.shape,
                 )
-                self.unknown = fit_weibull_shape_ge_1(-torch.as_tensor(unknown_energy))
+                try:
+                    self.unknown = fit_weibull_shape_ge_1(-torch.as_tensor(unknown_energy))
+                except ValueError as err:  # keep the known fit: the known-only rule
+                    log.warning("the bounded unknown-energy fit failed (%s): known fit only", err)
+                    self.unknown = None
             else:
                 log.warning(
                     "unknown-energy Weibull is degenerate (shape %.2f); using the known fit only",
