@@ -39,7 +39,7 @@ from uniframework.detect.ore import (
     fit_identifier,
     known_logits,
 )
-from uniframework.detect.stage import _scorer, model_kwargs, task_data, to_model_space
+from uniframework.detect.stage import _load_state, _scorer, model_kwargs, task_data, to_model_space
 from uniframework.io import load_weights, read_json
 from uniframework.openset.scores import energy
 from uniframework.rundir import open_run
@@ -130,8 +130,8 @@ def auto_labels(
                 p, o, annotated, model.roi_heads.unknown_topk, model.roi_heads.unknown_iou
             )
             objects += int(is_unk.sum())
-            for i in idx:
-                iou = box_iou(p[i : i + 1], boxes)[0] if len(boxes) else torch.zeros(0)
+            for j in idx:
+                iou = box_iou(p[j : j + 1], boxes)[0] if len(boxes) else torch.zeros(0)
                 hit = iou >= 0.5
                 kind = (
                     "unknown" if (hit & is_unk).any() else "earlier" if hit.any() else "background"
@@ -158,8 +158,7 @@ def main() -> None:
         if not path.is_file():
             break
         model = OpenWorldDetector(**model_kwargs(opts, len(order)))
-        state, _ = load_weights(path)
-        model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
+        _load_state(model, None, load_weights(path)[0])
         model.num_seen = len(protocol.seen(t))
         record = read_json(args.run_dir / "detect" / f"task{t + 1}.json")
         scorer = _scorer(record.get("weibull"))
@@ -167,6 +166,7 @@ def main() -> None:
         names = [train.classes[c] for c in protocol.seen(t)], [train.classes[c] for c in unknown]
         print(f"task {t + 1}: seen {names[0]}, unknown {names[1]}, metrics {record['metrics']}")
         held = to_model_space(val.with_labels(protocol.seen(t)), order)
+        torch.manual_seed(ctx.cfg.seed + t)  # the held-out pass samples RoIs: the same each time
         logits, labels = heldout_logits(model, held, cpu, 4)
         refit = fit_identifier(
             logits, labels, len(order), model.num_seen, opts.temperature,

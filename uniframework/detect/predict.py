@@ -52,6 +52,7 @@ def predict_images(
     model, meta, scorer = load_detector(run_dir)
     names = meta["class_names"]
     num_classes = model.roi_heads.num_classes
+    keep_unknown = meta.get("keep_unknown_detections", True)
     out = []
     for p in paths:
         try:
@@ -62,8 +63,7 @@ def predict_images(
             continue
         d = model.detect([image])[0]
         if scorer is not None:
-            keep = meta.get("keep_unknown_detections", True)
-            d = apply_identifier(d, scorer, num_classes, model.num_seen, keep)
+            d = apply_identifier(d, scorer, num_classes, model.num_seen, keep_unknown)
         keep = d["scores"] >= min_score
         labels = [
             "unknown" if int(lab) == num_classes + 1 else names[int(lab) - 1]

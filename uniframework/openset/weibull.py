@@ -53,6 +53,16 @@ def fit_weibull(values: np.ndarray | Tensor) -> WeibullParams:
     Raises ``ValueError`` for fewer than 3 values, non-finite values, or values that are all
     equal (the fit is undefined there).
     """
+    x = _sample(values)
+    shape, loc, scale = (float(v) for v in weibull_min.fit(x))
+    if not (np.isfinite([shape, loc, scale]).all() and shape > 0 and scale > 0):
+        raise ValueError(f"Weibull fit failed: shape={shape}, loc={loc}, scale={scale}")
+    return WeibullParams(shape, loc, scale)
+
+
+def _sample(values: np.ndarray | Tensor) -> np.ndarray:
+    """``values`` as a flat float64 array a 3-parameter fit can take: ValueError for fewer than
+    3 values, non-finite values, or values that are all equal."""
     x = np.asarray(torch.as_tensor(values).detach().cpu().double()).ravel()
     if x.size < 3:
         raise ValueError(f"a 3-parameter Weibull fit needs at least 3 values, got {x.size}")
@@ -63,10 +73,7 @@ def fit_weibull(values: np.ndarray | Tensor) -> WeibullParams:
             f"Weibull fit got {x.size} values that are all equal ({x[0]:.6g}); the energies "
             "are degenerate — check that the model is trained and the logits vary"
         )
-    shape, loc, scale = (float(v) for v in weibull_min.fit(x))
-    if not (np.isfinite([shape, loc, scale]).all() and shape > 0 and scale > 0):
-        raise ValueError(f"Weibull fit failed: shape={shape}, loc={loc}, scale={scale}")
-    return WeibullParams(shape, loc, scale)
+    return x
 
 
 def fit_weibull_shape_ge_1(values: np.ndarray | Tensor) -> WeibullParams:
@@ -85,10 +92,8 @@ def fit_weibull_shape_ge_1(values: np.ndarray | Tensor) -> WeibullParams:
     from scipy import stats
     from scipy.optimize import differential_evolution
 
-    x = np.asarray(torch.as_tensor(values).detach().cpu().double()).ravel()
+    x = _sample(values)
     lo, span = float(x.min()), float(np.ptp(x))
-    if x.size < 3 or not np.isfinite(x).all() or span <= 0:
-        raise ValueError("a bounded Weibull fit needs >= 3 finite values that are not all equal")
     bounds = {"c": (1.0, 100.0), "loc": (lo - span, lo), "scale": (1e-6 * span, 100.0 * span)}
     # scipy's default optimiser (differential evolution), seeded: the same fit on every run
     res = stats.fit(weibull_min, x, bounds, optimizer=partial(differential_evolution, seed=0))
@@ -134,7 +139,8 @@ class WeibullIdentifier:
     def fit(self, known_energy: Tensor, unknown_energy: Tensor | None = None) -> WeibullIdentifier:
         self.known = fit_weibull(-torch.as_tensor(known_energy))
         has_unknown = unknown_energy is not None and len(unknown_energy) > 0
-        self.unknown = fit_weibull(-torch.as_tensor(unknown_energy)) if has_unknown else None
+        x_unknown = -torch.as_tensor(unknown_energy) if has_unknown else None
+        self.unknown = fit_weibull(x_unknown) if has_unknown else None
         if self.unknown is not None and self.unknown.shape < 1:
             # A shape < 1 density is unbounded at `loc`: it wins or loses by where `loc` lands,
             # not by the data (seen on ORE detection's second task).
@@ -145,7 +151,7 @@ class WeibullIdentifier:
                     self.unknown.shape,
                 )
                 try:
-                    self.unknown = fit_weibull_shape_ge_1(-torch.as_tensor(unknown_energy))
+                    self.unknown = fit_weibull_shape_ge_1(x_unknown)
                 except ValueError as err:  # keep the known fit: the known-only rule
                     log.warning("the bounded unknown-energy fit failed (%s): known fit only", err)
                     self.unknown = None
