@@ -96,6 +96,11 @@ def test_the_loop_runs_on_own_folders_and_says_what_it_found(world, tmp_path, ca
     m = run(cfg, tmp_path)
     # truth-free diagnostics
     assert 0 < m["openset.pool_flagged_share"] <= 1 and 0 < m["discover.pool_flagged_share"] <= 1
+    # the config's `detector: auto`: the scorer flagging the most of the pool at 95% of the
+    # held-out knowns kept
+    shares = {k.split(".")[1]: v for k, v in m.items() if k.endswith(".pool_flagged")}
+    picked = read_json(tmp_path / "openset/detector.json")["name"]
+    assert len(shares) == 7 and shares[picked] == max(shares.values())
     n = int(m["discover.num_novel"])
     assert n == m["discover.num_novel_est"] and 2 <= n <= 6
     sizes = [m[f"discover.group_{j + 1}_size"] for j in range(n)]
@@ -218,6 +223,7 @@ def test_no_stage_reads_the_pools_truth(tmp_path, monkeypatch):
             "stages.discover.max_novel=4",
             "stages.incremental.max_epochs=1",
             "stages.incremental.memory=40",
+            "stages.openset.detector=auto",  # picked by the pool it flags: no truth read
         ],
     )
     with_truth = run(cfg, tmp_path / "truth")

@@ -14,6 +14,7 @@ from uniframework.incremental.metrics import UNMATCHED
 from uniframework.incremental.tasks import plan_from_discover
 from uniframework.io import load_weights, read_json, write_json
 from uniframework.openset.detector import REFIT_DIR, Detector
+from uniframework.openset.stage import OpensetOptions, _scorer
 from uniframework.pipeline import RunContext, run
 from uniframework.training import extract
 
@@ -118,6 +119,13 @@ def test_source_discover_trains_on_pseudo_labels(tmp_path):
     assert set(np.unique(ctx.data.pool_truth(rest))) == {4, 6, 8, 9}
     assert m["detector_auto_unknowns"] == max(3, round(0.3 * len(rest)))
     assert 0 <= m["detector_unknown_caught"] <= 1 and 0 <= m["detector_known_kept"] <= 1
+    # `detector: auto`: the kind the open-set stage picked (its detector.json), fitted again
+    auto = cfg.model_copy(update={"stages": [{"openset": {"detector": "auto"}}, *cfg.stages]})
+    f = torch.randn(20, model.feature_dim)
+    knn = _scorer("knn", OpensetOptions(knn_k=3), 2).fit(f, None, torch.arange(20) % 2)
+    Detector.fit("knn", knn, 2, f, torch.zeros(20, 2)).save(tmp_path / "openset")
+    refit_detector(RunContext(auto, tmp_path), model, plan, "openset")
+    assert Detector.load(tmp_path / REFIT_DIR).name == "knn"
     # the default, Mahalanobis on the final classifier's features: 95% of the held-out knowns kept
     # (its threshold), and uniform noise, far from every learned class, called unknown
     m = refit_detector(ctx, model, plan)

@@ -5,7 +5,7 @@ import torch
 
 from uniframework.errors import UserError
 from uniframework.openset.detector import Detector, known_threshold
-from uniframework.openset.stage import OpensetOptions, _scorer
+from uniframework.openset.stage import OpensetOptions, _scorer, pick_detector
 
 
 def _blobs(n: int, seed: int, shift: float = 0.0):
@@ -77,3 +77,30 @@ def test_missing_old_or_broken_detector(tmp_path):
     (tmp_path / "detector.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(UserError, match="detector.safetensors"):
         Detector.load(tmp_path)
+
+
+def test_auto_picks_the_scorer_that_flags_more_of_a_mixed_pool():
+    """A pool of 200 known + 200 unknown images whose logits look known (only the features
+    tell them apart): at the threshold keeping 95% of the held-out knowns, KNN flags about
+    0.05 * 200 + 200 of the 400 and MSP about 5% of them all; `auto` picks KNN, reading no
+    label of the pool."""
+    f, logits, y = _blobs(400, seed=0)
+    vf, vl, _ = _blobs(200, seed=1)
+    kf, kl, _ = _blobs(200, seed=3)  # the pool's known half
+    uf, _, _ = _blobs(200, seed=2, shift=6.0)
+    ul = kl.clone()  # the unknowns' logits: as confident as the knowns'
+    pool = {"features": torch.cat([kf, uf]), "logits": torch.cat([kl, ul])}
+    val = {"features": vf, "logits": vl}
+    fitted = {
+        name: Detector.fit(
+            name, _scorer(name, OpensetOptions(knn_k=5), 2).fit(f, logits, y), 2, vf, vl
+        )
+        for name in ("msp", "knn")
+    }
+    best, shares = pick_detector(fitted, val, pool)
+    assert best == "knn"
+    assert shares["knn"] == pytest.approx(0.525, abs=0.04)
+    assert shares["msp"] == pytest.approx(0.05, abs=0.04)
+    # the share is each detector's own threshold applied to the pool
+    for name, det in fitted.items():
+        assert shares[name] == det.predict_unknown(pool["features"], pool["logits"]).float().mean()

@@ -104,6 +104,9 @@ def refit_detector(
     train = _cat(outputs(plan.train_index[0], plan.train_labels[0]), _rows(new, ~held))
     rest_index = np.setdiff1d(data.split.unlabelled, learned)
     name = opts.detector if kind == "openset" else kind
+    if name == "auto":  # the kind the openset stage picked
+        saved = Detector.load(ctx.run_dir / "openset")
+        name = saved.name if saved is not None else "energy_weibull"
     if name == "knn_pool" and len(rest_index) == 0:
         log.warning("incremental: every pool image was learned; knn_pool refitted as plain knn")
         name = "knn"

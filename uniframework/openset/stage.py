@@ -29,7 +29,7 @@ from ..config import Section
 from ..errors import UserError
 from ..registry import STAGES
 from ..training import extract
-from .detector import Detector
+from .detector import Detector, known_threshold
 from .metrics import openset_metrics
 from .scores import energy_score, make_scorer
 from .weibull import EnergyWeibullScorer, fit_weibull
@@ -56,7 +56,9 @@ class OpensetOptions(Section):
             "knn_pool",
         ]
     )
-    detector: ScorerName = "energy_weibull"  # saved for predict / discover
+    # saved for predict / discover; `auto` = the scorer that flags the largest share of the
+    # unlabelled pool at the threshold keeping 95% of the held-out knowns (truth-free, below)
+    detector: ScorerName | Literal["auto"] = "energy_weibull"
     temperature: float = Field(1.5, gt=0)  # energy temperature T (ORE's official value)
     knn_k: int = Field(20, ge=1)
     unknown_fraction: float = Field(0.3, gt=0, le=1)  # of the pool auto-labelled as unknown
@@ -70,8 +72,10 @@ class OpensetOptions(Section):
 
     @model_validator(mode="after")
     def _detector_is_scored(self) -> OpensetOptions:
-        if self.detector not in self.scorers:
+        if self.detector != "auto" and self.detector not in self.scorers:
             raise ValueError(f"detector '{self.detector}' must be one of scorers {self.scorers}")
+        if not self.scorers:
+            raise ValueError("scorers must name at least one scorer")
         return self
 
 
@@ -105,6 +109,25 @@ def selection_quality(picked: torch.Tensor, is_novel: torch.Tensor) -> dict[str,
         "auto_unknown_precision": hit / len(picked) if len(picked) else float("nan"),
         "auto_unknown_recall": hit / novel if novel else float("nan"),
     }
+
+
+def pool_flagged(detector: Detector, val: dict, pool: dict) -> float:
+    """Truth-free: the share of the unlabelled pool `detector`'s score puts above the threshold
+    that keeps 95% of the held-out knowns (`val`), whatever rule the detector decides by."""
+    threshold = known_threshold(detector.score(val["features"], val["logits"]))
+    return float((detector.score(pool["features"], pool["logits"]) > threshold).float().mean())
+
+
+def pick_detector(fitted: dict[str, Detector], val: dict, pool: dict) -> tuple[str, dict]:
+    """(`detector: auto`'s choice, {name: `pool_flagged`}): the scorer that flags the most of
+    the pool, the first listed on a tie. No truth is read.
+
+    Why it works: the pool mixes known and new images; if its known ones score as the held-out
+    knowns do, about 5% of them pass, so the share is 0.05 + pi (recall - 0.05), pi the pool's
+    (unknown) new share. At that operating point the scorer that flags more catches more of
+    the new images (checked against the test AUROC: BENCHMARKS.md "Your own photos")."""
+    shares = {name: pool_flagged(det, val, pool) for name, det in fitted.items()}
+    return max(shares, key=shares.__getitem__), shares
 
 
 def _scorer(name: str, opts: OpensetOptions, num_known: int):
@@ -167,7 +190,14 @@ class OpensetStage:
         # may have neither); without them only the chosen detector is fitted
         evaluable = bool(is_unknown.any()) and bool((~is_unknown).any())
         metrics, scores, fitted = {}, {}, {}
-        scorers = list(opts.scorers) if evaluable else [opts.detector]
+        choose = opts.detector == "auto"
+        if choose and len(pool["labels"]) == 0:
+            raise UserError(
+                "stages.openset.detector = auto picks the scorer by how much of the unlabelled "
+                "pool it flags, and this split has no unlabelled images: name a detector "
+                "(e.g. stages.openset.detector=energy_weibull)"
+            )
+        scorers = list(opts.scorers) if evaluable or choose else [opts.detector]
         if len(pool["labels"]) == 0 and "knn_pool" in scorers:
             if opts.detector == "knn_pool":
                 raise UserError(
@@ -187,6 +217,18 @@ class OpensetStage:
             m = openset_metrics(s, is_unknown, known_correct, pred)
             metrics.update({f"{name}.{key}": v for key, v in m.items()})
             scores[name] = s
+        chosen_name = opts.detector
+        if len(pool["labels"]):  # truth-free, per scorer; `auto` picks by it
+            best, shares = pick_detector(fitted, val, pool)
+            metrics.update({f"{n}.pool_flagged": v for n, v in shares.items()})
+            if choose:
+                chosen_name = best
+                log.info(
+                    "openset: detector auto -> %s (share of the pool flagged at 95%% of the "
+                    "held-out knowns kept: %s)",
+                    best,
+                    {n: round(v, 3) for n, v in shares.items()},
+                )
         if not evaluable:
             log.info("openset: no test images of both known and new classes: no evaluation")
         elif model.num_classes > k:  # ORE's extra "unknown" output, as one more scorer
@@ -195,12 +237,12 @@ class OpensetStage:
             metrics.update({f"unknown_class.{n}": v for n, v in m.items()})
         if evaluable:
             chosen = ("auroc", "fpr95", "fpr95_in", "oscr", "known_kept", "unknown_caught")
-            metrics.update({m: metrics[f"{opts.detector}.{m}"] for m in chosen})
+            metrics.update({m: metrics[f"{chosen_name}.{m}"] for m in chosen})
         if (~is_unknown).any():
             metrics["known_acc"] = float(known_correct[~is_unknown].float().mean())
         # truth-free: how much of the unlabelled pool the chosen detector calls unknown
         if len(pool["labels"]):
-            flagged = fitted[opts.detector].predict_unknown(pool["features"], pool["logits"])
+            flagged = fitted[chosen_name].predict_unknown(pool["features"], pool["logits"])
             metrics["pool_flagged_share"] = float(flagged.float().mean())
         metrics["auto_unknowns"] = len(auto)
         truth = data.pool_truth(pool["index"].numpy())
@@ -209,7 +251,7 @@ class OpensetStage:
             metrics["auto_unknowns_truly_novel"] = metrics["auto_unknown_precision"]
             metrics.update(data.pool_makeup())
         out = ctx.run_dir / "openset"
-        fitted[opts.detector].save(out)
+        fitted[chosen_name].save(out)
         if opts.figures and evaluable:
             from .figures import energy_histogram, roc_curves
 
@@ -224,7 +266,7 @@ class OpensetStage:
         if evaluable:
             log.info(
                 "openset: %s AUROC %.4f (known %d / unknown %d test images)",
-                opts.detector,
+                chosen_name,
                 metrics["auroc"],
                 int((~is_unknown).sum()),
                 int(is_unknown.sum()),
