@@ -36,6 +36,7 @@ from uniframework.detect.model import OpenWorldDetector
 from uniframework.detect.ore import (
     apply_identifier,
     auto_label_unknowns,
+    drop_known_under_unknown,
     fit_identifier,
     known_logits,
 )
@@ -62,7 +63,12 @@ def outcome(dets: dict, gt: torch.Tensor, unknown_label: int) -> list[str]:
 
 @torch.no_grad()
 def diagnose(
-    model: OpenWorldDetector, scorer, test, unknown_classes: list[int], keep_unknown: bool
+    model: OpenWorldDetector,
+    scorer,
+    test,
+    unknown_classes: list[int],
+    keep_unknown: bool,
+    over_known: float | None,
 ) -> dict:
     model.eval()
     unk_t = torch.tensor(unknown_classes)
@@ -85,12 +91,12 @@ def diagnose(
             if len(gt) == 0:
                 continue
             counts["proposal"] += int((box_iou(gt * sc, p).amax(1) >= 0.5).sum())
-            for stage, dd in (
-                ("raw", d),
-                ("final", apply_identifier(
-                    d, scorer, model.roi_heads.num_classes, model.num_seen, keep_unknown
-                 ) if scorer else d),
-            ):  # fmt: skip
+            final = d if scorer is None else apply_identifier(
+                d, scorer, model.roi_heads.num_classes, model.num_seen, keep_unknown
+            )  # fmt: skip
+            if over_known is not None:
+                final = drop_known_under_unknown(final, model.roi_heads.unknown_label, over_known)
+            for stage, dd in (("raw", d), ("final", final)):
                 for o in outcome(dd, gt, model.roi_heads.unknown_label):
                     counts[f"{stage} {o}"] = counts.get(f"{stage} {o}", 0) + 1
     n = max(1, counts["objects"])
@@ -174,11 +180,16 @@ def main() -> None:
         )  # fmt: skip
         for what, sc in (("the run's identifier", scorer), ("refitted by this code", refit)):
             now = owod_metrics(
-                detect_all(model, test, sc, order, cpu, 4, opts.keep_unknown_detections),
+                detect_all(
+                    model, test, sc, order, cpu, 4, opts.keep_unknown_detections,
+                    opts.unknown_over_known,
+                ),
                 test.targets, protocol.seen(t), protocol.previous(t),
             )  # fmt: skip
             print(f"  metrics, {what}:", {k: round(v, 3) for k, v in now.items()})
-        res = diagnose(model, scorer, test, unknown, opts.keep_unknown_detections)
+        res = diagnose(
+            model, scorer, test, unknown, opts.keep_unknown_detections, opts.unknown_over_known
+        )
         print("  test unknown objects:", {k: round(v, 3) for k, v in res.items()})
         mine = train.subset(chunks[t])
         pseudo = None

@@ -9,6 +9,7 @@ from uniframework.detect.ore import (
     ContrastiveClustering,
     apply_identifier,
     auto_label_unknowns,
+    drop_known_under_unknown,
     fit_identifier,
     select_exemplars,
 )
@@ -271,3 +272,24 @@ def test_pseudo_labels_add_confident_free_boxes_of_earlier_classes():
         assert t["labels"].tolist() == [4, 1]
         assert t["boxes"][1].tolist() == [0.0, 0.0, 10.0, 10.0]
     assert data.targets[0]["labels"].tolist() == [4]  # the input set is left as it was
+
+
+def test_an_unknown_detection_drops_the_weaker_known_ones_it_covers():
+    """`drop_known_under_unknown` by hand: label 9 = unknown. Box A is called unknown (0.8)
+    and, from nearby proposals, class 2 (0.3, IoU 0.81 with A) and class 3 (0.9, stronger);
+    box B is class 1 only; box C a class-2 box that overlaps A at IoU 0.14."""
+    a, near_a, b, c = [0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [5, 5, 15, 15]
+    dets = {
+        "boxes": torch.tensor([a, near_a, a, b, c], dtype=torch.float),
+        "labels": torch.tensor([9, 2, 3, 1, 2]),
+        "scores": torch.tensor([0.8, 0.3, 0.9, 0.7, 0.2]),
+    }
+    out = drop_known_under_unknown(dets, unknown_label=9, iou=0.5)
+    # the weaker known reading of A goes; the stronger one, B and C (IoU 0.14) stay
+    assert out["labels"].tolist() == [9, 3, 1, 2]
+    assert out["scores"].tolist() == pytest.approx([0.8, 0.9, 0.7, 0.2])
+    # a lower IoU reaches C too; no unknown detection, or only unknown ones: unchanged
+    assert drop_known_under_unknown(dets, 9, 0.1)["labels"].tolist() == [9, 3, 1]
+    for labels in ([1, 2, 3, 1, 2], [9] * 5):
+        d = {**dets, "labels": torch.tensor(labels)}
+        assert drop_known_under_unknown(d, 9, 0.5) is d

@@ -22,7 +22,12 @@ from .datasets import DetectionSet, collate
 from .metrics import UNKNOWN
 from .model import OpenWorldDetector
 from .options import DetectOptions
-from .ore import ContrastiveClustering, apply_identifier, select_exemplars
+from .ore import (
+    ContrastiveClustering,
+    apply_identifier,
+    drop_known_under_unknown,
+    select_exemplars,
+)
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +159,10 @@ def detect_all(
     device: torch.device,
     batch: int,
     keep_unknown: bool = True,
+    unknown_over_known: float | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Detections on every image, labels in dataset space (-1 = unknown); `keep_unknown`:
-    `apply_identifier`'s."""
+    `apply_identifier`'s; `unknown_over_known`: `drop_known_under_unknown`'s IoU (None = off)."""
     model.eval().to(device)
     lut = torch.tensor([-1] + list(order) + [UNKNOWN])  # model label -> dataset label
     out = []
@@ -167,6 +173,9 @@ def detect_all(
                 d = apply_identifier(
                     d, scorer, model.roi_heads.num_classes, model.num_seen, keep_unknown
                 )
+            unknown = model.roi_heads.unknown_label  # None: the baseline has no unknown output
+            if unknown_over_known is not None and unknown is not None:
+                d = drop_known_under_unknown(d, unknown, unknown_over_known)
             d["labels"] = lut[d["labels"]]
             out.append(d)
     return out

@@ -69,6 +69,9 @@ class DetectOptions(OreOptions):
     # the unknown head's detections are kept where the known energy density wins (ours,
     # measured); false = OWOD's rule, which drops them
     keep_unknown_detections: bool = True
+    # a known detection that a higher-scoring "unknown" one covers at IoU >= this is dropped
+    # (ours, measured: `ore.drop_known_under_unknown`); None = off (ORE / OWOD)
+    unknown_over_known: float | None = Field(None, gt=0, le=1)
     figures: bool = True
 
     @model_validator(mode="after")

@@ -199,6 +199,28 @@ def apply_identifier(
     return {k: (labels if k == "labels" else v)[keep] for k, v in dets.items()}
 
 
+def drop_known_under_unknown(
+    dets: dict[str, Tensor], unknown_label: int, iou: float
+) -> dict[str, Tensor]:
+    """One image's detections without the known-class ones that a higher-scoring "unknown"
+    detection covers at IoU >= `iou` (ours, option `unknown_over_known`).
+
+    Faster R-CNN emits one detection per class above the score threshold from each proposal,
+    so an object called unknown also carries low-score known-class boxes, each an open-set
+    error (A-OSE) and a false positive of that class. The object is one thing: where the
+    unknown reading is the more confident one, the known readings go. Known detections never
+    remove unknown ones (a class-agnostic NMS would, and would cost U-Recall)."""
+    unk = dets["labels"] == unknown_label
+    if not unk.any() or unk.all():
+        return dets
+    known = torch.nonzero(~unk).flatten()
+    overlap = box_iou(dets["boxes"][known].float(), dets["boxes"][unk].float()) >= iou  # [k, u]
+    higher = dets["scores"][unk][None, :] > dets["scores"][known][:, None]
+    keep = torch.ones(len(unk), dtype=torch.bool, device=unk.device)
+    keep[known[(overlap & higher).any(1)]] = False
+    return {k: v[keep] for k, v in dets.items()}
+
+
 def select_exemplars(
     image_features: dict[int, list[tuple[int, Tensor]]], per_class: int
 ) -> dict[int, list[int]]:

@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..io import load_matching, load_weights, read_json
 from ..openset.weibull import EnergyWeibullScorer
 from .model import OpenWorldDetector
-from .ore import apply_identifier
+from .ore import apply_identifier, drop_known_under_unknown
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def predict_images(
     names = meta["class_names"]
     num_classes = model.roi_heads.num_classes
     keep_unknown = meta.get("keep_unknown_detections", True)
+    over_known = meta.get("unknown_over_known")  # None: off (and in files written before it)
     out = []
     for p in paths:
         try:
@@ -64,6 +65,8 @@ def predict_images(
         d = model.detect([image])[0]
         if scorer is not None:
             d = apply_identifier(d, scorer, num_classes, model.num_seen, keep_unknown)
+        if over_known is not None:
+            d = drop_known_under_unknown(d, num_classes + 1, over_known)
         keep = d["scores"] >= min_score
         labels = [
             "unknown" if int(lab) == num_classes + 1 else names[int(lab) - 1]

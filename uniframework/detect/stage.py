@@ -209,6 +209,7 @@ class DetectStage:
             "model": model_kwargs(opts, len(order)),
             "num_seen": model.num_seen,
             "keep_unknown_detections": opts.keep_unknown_detections,
+            "unknown_over_known": opts.unknown_over_known,
             "class_names": [names[c] for c in order],  # model labels 1..C
         }
         save_weights(ctx.weights_path("detect"), model.state_dict(), meta)
@@ -218,8 +219,9 @@ class DetectStage:
 
             sample = test.subset(range(min(6, len(test))))
             dets = detect_all(
-                model, sample, scorer, order, device, opts.batch_size, opts.keep_unknown_detections
-            )
+                model, sample, scorer, order, device, opts.batch_size,
+                opts.keep_unknown_detections, opts.unknown_over_known,
+            )  # fmt: skip
             never = protocol.unknown(len(protocol.tasks) - 1)
             plot_detections(sample, dets, run_dir / "detect" / "detections.png", 0.3, never)
             plot_owod_metrics(per_task, run_dir / "detect" / "owod_metrics.png")
@@ -294,7 +296,8 @@ def _run_task(
         except ValueError as err:  # too few or degenerate energies: no relabelling this task
             log.warning("detect task %d: no energy identifier (%s)", t + 1, err)
     dets = detect_all(
-        model, test, scorer, order, device, opts.batch_size, opts.keep_unknown_detections
-    )
+        model, test, scorer, order, device, opts.batch_size, opts.keep_unknown_detections,
+        opts.unknown_over_known,
+    )  # fmt: skip
     result = owod_metrics(dets, test.targets, seen, protocol.previous(t))
     return scorer, result

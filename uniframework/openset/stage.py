@@ -138,6 +138,39 @@ def _scorer(name: str, opts: OpensetOptions, num_known: int):
     return make_scorer(name, k=opts.knn_k) if name.startswith("knn") else make_scorer(name)
 
 
+def fit_detectors(
+    opts: OpensetOptions, names: list[str], train: dict, val: dict, pool: dict, k: int
+) -> tuple[dict[str, Detector], torch.Tensor]:
+    """({name: fitted Detector}, the pool rows auto-labelled unknown) from the outputs
+    (`features`, `logits` over the k known classes, `labels`) of the labelled train images, the
+    held-out known ones (`val`: thresholds, Weibull fits) and the unlabelled pool (labels
+    unread): Mahalanobis / KNN fit the train features, energy + Weibull the held-out knowns
+    against the auto-labelled unknowns, `knn_pool` the train features and the whole pool."""
+    if opts.auto_label == "top_energy":
+        auto = auto_label_unknowns(pool["logits"], opts.unknown_fraction, opts.temperature)
+    else:
+        auto = auto_label_unlikely(
+            pool["logits"], val["logits"], opts.temperature, opts.unknown_alpha
+        )
+    calib = {
+        "features": torch.cat([val["features"], pool["features"][auto]]),
+        "logits": torch.cat([val["logits"], pool["logits"][auto]]),
+        "labels": torch.cat([val["labels"], torch.full((len(auto),), -1)]),
+    }
+    banks = {  # knn_pool: the labelled knowns and the whole pool (labels hidden)
+        "features": torch.cat([train["features"], pool["features"]]),
+        "logits": None,
+        "labels": torch.cat([train["labels"], torch.full((len(pool["labels"]),), -1)]),
+    }
+    fitted = {}
+    for name in names:
+        scorer = _scorer(name, opts, k)
+        fit_on = {"energy_weibull": calib, "knn_pool": banks}.get(name, train)
+        scorer.fit(fit_on["features"], fit_on["logits"], fit_on["labels"])
+        fitted[name] = Detector.fit(name, scorer, k, val["features"], val["logits"])
+    return fitted, auto
+
+
 @STAGES.register("openset")
 class OpensetStage:
     """Unknown detection: MSP, MaxLogit, Energy, Energy + Weibull (ORE), Mahalanobis, KNN."""
@@ -168,28 +201,12 @@ class OpensetStage:
             raise UserError(
                 "the openset stage needs held-out known images: set data.val_fraction > 0"
             )
-        if opts.auto_label == "top_energy":
-            auto = auto_label_unknowns(pool["logits"], opts.unknown_fraction, opts.temperature)
-        else:
-            auto = auto_label_unlikely(
-                pool["logits"], val["logits"], opts.temperature, opts.unknown_alpha
-            )
-        calib = {
-            "features": torch.cat([val["features"], pool["features"][auto]]),
-            "logits": torch.cat([val["logits"], pool["logits"][auto]]),
-            "labels": torch.cat([val["labels"], torch.full((len(auto),), -1)]),
-        }
-        banks = {  # knn_pool: the labelled knowns and the whole pool (labels hidden)
-            "features": torch.cat([train["features"], pool["features"]]),
-            "logits": None,
-            "labels": torch.cat([train["labels"], torch.full((len(pool["labels"]),), -1)]),
-        }
         is_unknown = test["labels"] >= split.num_known
         known_correct = test["logits"].argmax(1) == test["labels"]
         # evaluation needs test images of known and of new classes (a person's test/ folder
         # may have neither); without them only the chosen detector is fitted
         evaluable = bool(is_unknown.any()) and bool((~is_unknown).any())
-        metrics, scores, fitted = {}, {}, {}
+        metrics, scores = {}, {}
         choose = opts.detector == "auto"
         if choose and len(pool["labels"]) == 0:
             raise UserError(
@@ -205,14 +222,8 @@ class OpensetStage:
                     "split has none: choose another detector"
                 )
             scorers.remove("knn_pool")  # nothing to compare with
-        for name in scorers:
-            scorer = _scorer(name, opts, split.num_known)
-            fit_on = {"energy_weibull": calib, "knn_pool": banks}.get(name, train)
-            scorer.fit(fit_on["features"], fit_on["logits"], fit_on["labels"])
-            det = Detector.fit(name, scorer, k, val["features"], val["logits"])
-            fitted[name] = det
-            if not evaluable:
-                continue
+        fitted, auto = fit_detectors(opts, scorers, train, val, pool, k)
+        for name, det in fitted.items() if evaluable else ():
             s, pred = det.decide(test["features"], test["logits"])
             m = openset_metrics(s, is_unknown, known_correct, pred)
             metrics.update({f"{name}.{key}": v for key, v in m.items()})
