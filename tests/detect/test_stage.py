@@ -107,6 +107,35 @@ def test_resume_skips_finished_tasks(ore_run, tmp_path, caplog):
     }
 
 
+def test_the_exemplar_fine_tune_keeps_training_the_unknown_class(tmp_path, monkeypatch):
+    """Task 2's class-balanced fine-tune auto-labels unknown RoIs at every step, as the task's
+    training does, so the unknown output is trained there too and not erased."""
+    from uniframework.detect import stage as detect_stage
+    from uniframework.detect.model import OpenWorldDetector
+
+    loop, unknown_rois = {"what": ""}, {}
+    train, forward = detect_stage.train_detector, OpenWorldDetector.forward_train
+
+    def train_spy(model, *args, **kwargs):
+        loop["what"] = args[7]  # "task 2 fine-tune", ...
+        return train(model, *args, **kwargs)
+
+    def forward_spy(self, images, targets):
+        out = forward(self, images, targets)
+        if self.training:  # (not the held-out pass of the identifier's fit)
+            labels = out[3]  # the sampled RoIs' model labels
+            rois = unknown_rois.setdefault(loop["what"], [])
+            rois.append(int((labels == self.roi_heads.unknown_label).sum()))
+        return out
+
+    monkeypatch.setattr(detect_stage, "train_detector", train_spy)
+    monkeypatch.setattr(OpenWorldDetector, "forward_train", forward_spy)
+    run(_cfg(), tmp_path)
+    tune = unknown_rois["task 2 fine-tune"]
+    assert tune and all(n >= 1 for n in tune)  # every step has its auto-labelled unknowns
+    assert all(n >= 1 for n in unknown_rois["task 1"] + unknown_rois["task 2"])
+
+
 def test_baseline_has_no_unknowns(tmp_path):
     metrics = run(_cfg(method="baseline", task_sizes=[2]), tmp_path)
     assert metrics["detect.u_recall50"] == 0.0
