@@ -94,8 +94,9 @@ def diagnose(
             final = d if scorer is None else apply_identifier(
                 d, scorer, model.roi_heads.num_classes, model.num_seen, keep_unknown
             )  # fmt: skip
-            if over_known is not None:
-                final = drop_known_under_unknown(final, model.roi_heads.unknown_label, over_known)
+            unknown = model.roi_heads.unknown_label  # None for the baseline
+            if over_known is not None and unknown is not None:
+                final = drop_known_under_unknown(final, unknown, over_known)
             for stage, dd in (("raw", d), ("final", final)):
                 for o in outcome(dd, gt, model.roi_heads.unknown_label):
                     counts[f"{stage} {o}"] = counts.get(f"{stage} {o}", 0) + 1

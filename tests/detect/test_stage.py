@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from PIL import Image
+from torchvision.ops import box_iou
 
 from uniframework.config import load_config
 from uniframework.detect.predict import predict_images
@@ -26,6 +28,7 @@ TINY = {
     "rpn_post_nms": 40,
     "roi_batch": 32,
     "pseudo_label_score": 0.3,  # the earlier classes pseudo-labelled in task 2's images
+    "unknown_over_known": 0.5,  # as configs/detect-digits.yaml
 }
 PER_TASK = ("map50_all", "map50_cur", "u_recall50", "wi", "a_ose")
 FINAL = ("map50", "map50_prev", "map50_cur", "u_recall50", "wi", "a_ose")
@@ -87,6 +90,13 @@ def test_predict_images_survives_a_bad_file(ore_run, tmp_path):
     assert set(out[1]) == {"path", "boxes", "labels", "scores"}
     assert len(out[1]["boxes"]) == len(out[1]["labels"]) == len(out[1]["scores"])
     assert set(out[1]["labels"]) <= {"0", "1", "2", "3", "unknown"}
+    # `unknown_over_known` is read from the weights: no known box left under a stronger unknown
+    boxes, scores = torch.tensor(out[1]["boxes"]), torch.tensor(out[1]["scores"])
+    unk = torch.tensor([lab == "unknown" for lab in out[1]["labels"]], dtype=torch.bool)
+    if unk.any() and (~unk).any():
+        covered = box_iou(boxes[~unk], boxes[unk]) >= 0.5
+        stronger = scores[unk][None, :] > scores[~unk][:, None]
+        assert not (covered & stronger).any()
     with pytest.raises(UserError, match="no finished detect stage"):
         predict_images(tmp_path, [good])
 
@@ -109,7 +119,8 @@ def test_resume_skips_finished_tasks(ore_run, tmp_path, caplog):
 
 def test_the_exemplar_fine_tune_keeps_training_the_unknown_class(tmp_path, monkeypatch):
     """Task 2's class-balanced fine-tune auto-labels unknown RoIs at every step, as the task's
-    training does, so the unknown output is trained there too and not erased."""
+    training does: the unknown output keeps getting targets there (ORE's fine-tune must not
+    leave the unknown class untrained)."""
     from uniframework.detect import stage as detect_stage
     from uniframework.detect.model import OpenWorldDetector
 

@@ -126,6 +126,9 @@ def test_source_discover_trains_on_pseudo_labels(tmp_path):
     Detector.fit("knn", knn, 2, f, torch.zeros(20, 2)).save(tmp_path / "openset")
     refit_detector(RunContext(auto, tmp_path), model, plan, "openset")
     assert Detector.load(tmp_path / REFIT_DIR).name == "knn"
+    (tmp_path / "openset" / "detector.json").unlink()  # nothing says which kind was picked
+    with pytest.raises(UserError, match="no detector.json.*--restart-from openset"):
+        refit_detector(RunContext(auto, tmp_path), model, plan, "openset")
     # the default, Mahalanobis on the final classifier's features: 95% of the held-out knowns kept
     # (its threshold), and uniform noise, far from every learned class, called unknown
     m = refit_detector(ctx, model, plan)

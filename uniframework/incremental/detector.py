@@ -40,6 +40,7 @@ import shutil
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..openset.detector import REFIT_DIR, Detector
 from ..openset.stage import OpensetOptions, _scorer, auto_label_unknowns, auto_label_unlikely
 from ..training import extract
@@ -79,10 +80,10 @@ def _cat(*outs: dict) -> dict[str, torch.Tensor]:
 def refit_detector(
     ctx, model, plan: TaskPlan, kind: str = "mahalanobis", device: str = "cpu"
 ) -> dict[str, float]:
-    """Fit a `kind` detector ("openset": `stages.openset.detector`) on `model` (the final
-    classifier, `plan.num_classes` outputs), save it to `incremental/detector/`, return its
-    metrics. Without an openset stage there is no detector to refit: nothing is written (and a
-    stale one is removed)."""
+    """Fit a `kind` detector ("openset": `stages.openset.detector`, for `auto` the kind the
+    open-set stage picked) on `model` (the final classifier, `plan.num_classes` outputs), save
+    it to `incremental/detector/`, return its metrics. Without an openset stage there is no
+    detector to refit: nothing is written (and a stale one is removed)."""
     folder = ctx.run_dir / REFIT_DIR
     shutil.rmtree(folder, ignore_errors=True)
     opts = openset_options(ctx)
@@ -106,7 +107,13 @@ def refit_detector(
     name = opts.detector if kind == "openset" else kind
     if name == "auto":  # the kind the openset stage picked
         saved = Detector.load(ctx.run_dir / "openset")
-        name = saved.name if saved is not None else "energy_weibull"
+        if saved is None:
+            raise UserError(
+                f"stages.incremental.detector = openset with stages.openset.detector = auto "
+                f"refits the kind the open-set stage picked, and {ctx.run_dir / 'openset'} has "
+                "no detector.json: rerun with --restart-from openset"
+            )
+        name = saved.name
     if name == "knn_pool" and len(rest_index) == 0:
         log.warning("incremental: every pool image was learned; knn_pool refitted as plain knn")
         name = "knn"

@@ -57,7 +57,7 @@ class OpensetOptions(Section):
         ]
     )
     # saved for predict / discover; `auto` = the scorer that flags the largest share of the
-    # unlabelled pool at the threshold keeping 95% of the held-out knowns (truth-free, below)
+    # unlabelled pool at the threshold keeping 95% of the held-out knowns (reads no truth)
     detector: ScorerName | Literal["auto"] = "energy_weibull"
     temperature: float = Field(1.5, gt=0)  # energy temperature T (ORE's official value)
     knn_k: int = Field(20, ge=1)
@@ -125,7 +125,12 @@ def pick_detector(fitted: dict[str, Detector], val: dict, pool: dict) -> tuple[s
     Why it works: the pool mixes known and new images; if its known ones score as the held-out
     knowns do, about 5% of them pass, so the share is 0.05 + pi (recall - 0.05), pi the pool's
     (unknown) new share. At that operating point the scorer that flags more catches more of
-    the new images (checked against the test AUROC: BENCHMARKS.md "Your own photos")."""
+    the new images (checked against the pool's truth and the test AUROC:
+    `benchmarks/pick_detector.py`, BENCHMARKS.md "Your own photos"). Two caveats: energy +
+    Weibull is compared at this threshold but, once picked, decides by its own fits; and
+    `knn_pool` finds each pool image itself among its pool neighbours, which would favour it if
+    k were small (at k = 20 the pool's known images pass at 0.049 on cifar10-mini, as the
+    held-out ones)."""
     shares = {name: pool_flagged(det, val, pool) for name, det in fitted.items()}
     return max(shares, key=shares.__getitem__), shares
 
@@ -139,13 +144,21 @@ def _scorer(name: str, opts: OpensetOptions, num_known: int):
 
 
 def fit_detectors(
-    opts: OpensetOptions, names: list[str], train: dict, val: dict, pool: dict, k: int
+    opts: OpensetOptions,
+    names: list[str],
+    train: dict,
+    val: dict,
+    pool: dict,
+    k: int,
+    skip_failed: bool = False,
 ) -> tuple[dict[str, Detector], torch.Tensor]:
     """({name: fitted Detector}, the pool rows auto-labelled unknown) from the outputs
     (`features`, `logits` over the k known classes, `labels`) of the labelled train images, the
     held-out known ones (`val`: thresholds, Weibull fits) and the unlabelled pool (labels
     unread): Mahalanobis / KNN fit the train features, energy + Weibull the held-out knowns
-    against the auto-labelled unknowns, `knn_pool` the train features and the whole pool."""
+    against the auto-labelled unknowns, `knn_pool` the train features and the whole pool.
+    `skip_failed`: a scorer that cannot be fitted on these outputs (e.g. KNN with fewer train
+    images than k) is left out with a warning instead of stopping the stage."""
     if opts.auto_label == "top_energy":
         auto = auto_label_unknowns(pool["logits"], opts.unknown_fraction, opts.temperature)
     else:
@@ -166,7 +179,13 @@ def fit_detectors(
     for name in names:
         scorer = _scorer(name, opts, k)
         fit_on = {"energy_weibull": calib, "knn_pool": banks}.get(name, train)
-        scorer.fit(fit_on["features"], fit_on["logits"], fit_on["labels"])
+        try:
+            scorer.fit(fit_on["features"], fit_on["logits"], fit_on["labels"])
+        except ValueError as err:
+            if not skip_failed:
+                raise
+            log.warning("openset: %s left out (%s)", name, err)
+            continue
         fitted[name] = Detector.fit(name, scorer, k, val["features"], val["logits"])
     return fitted, auto
 
@@ -204,7 +223,8 @@ class OpensetStage:
         is_unknown = test["labels"] >= split.num_known
         known_correct = test["logits"].argmax(1) == test["labels"]
         # evaluation needs test images of known and of new classes (a person's test/ folder
-        # may have neither); without them only the chosen detector is fitted
+        # may have neither); without them only the chosen detector is fitted (every scorer
+        # with `auto`, which picks among them)
         evaluable = bool(is_unknown.any()) and bool((~is_unknown).any())
         metrics, scores = {}, {}
         choose = opts.detector == "auto"
@@ -222,7 +242,12 @@ class OpensetStage:
                     "split has none: choose another detector"
                 )
             scorers.remove("knn_pool")  # nothing to compare with
-        fitted, auto = fit_detectors(opts, scorers, train, val, pool, k)
+        fitted, auto = fit_detectors(opts, scorers, train, val, pool, k, skip_failed=choose)
+        if not fitted:
+            raise UserError(
+                "stages.openset.detector = auto: no scorer could be fitted (see the warnings): "
+                "add labelled images, or name a detector"
+            )
         for name, det in fitted.items() if evaluable else ():
             s, pred = det.decide(test["features"], test["logits"])
             m = openset_metrics(s, is_unknown, known_correct, pred)
