@@ -11,6 +11,8 @@ over the test images' unknown objects (classes not known at that task):
   (an "unknown" detection at IoU > 0.5; else a known-class one; else nothing);
 - `final unknown / final known / final none`: the same after the identifier (what U-Recall and
   A-OSE count);
+- `top unknown / top known`: the label of the highest-scoring detection on the object after the
+  identifier (what a person reading the boxes sees; U-Recall counts an unknown box at any score);
 and on the task's own training images (auto-labelling with the task's final model, the
 procedure `OpenWorldRoIHeads.sample` runs every step, with the run's pseudo-labels of earlier
 classes when it had them, drawn again with the previous task's model): where the picks land
@@ -46,9 +48,11 @@ from uniframework.openset.scores import energy
 from uniframework.rundir import open_run
 
 
-def outcome(dets: dict, gt: torch.Tensor, unknown_label: int) -> list[str]:
-    """Per unknown object `gt [G, 4]`: 'unknown' (an unknown detection at IoU > 0.5), else
-    'known' (a known-class detection there), else 'none'."""
+def outcome(dets: dict, gt: torch.Tensor, unknown_label: int, top: bool = False) -> list[str]:
+    """Per unknown object `gt [G, 4]`: 'unknown' (an unknown detection at IoU > 0.5, at any
+    score: what U-Recall counts), else 'known' (a known-class detection there), else 'none'.
+    `top`: the label of the highest-scoring detection there instead (what a person reading the
+    boxes sees)."""
     if len(gt) == 0:
         return []
     if len(dets["boxes"]) == 0:
@@ -57,7 +61,11 @@ def outcome(dets: dict, gt: torch.Tensor, unknown_label: int) -> list[str]:
     unk = dets["labels"] == unknown_label
     out = []
     for row in iou:
-        out.append("unknown" if (row & unk).any() else "known" if row.any() else "none")
+        if top and row.any():
+            best = torch.nonzero(row).flatten()[dets["scores"][row].argmax()]
+            out.append("unknown" if unk[best] else "known")
+        else:
+            out.append("unknown" if (row & unk).any() else "known" if row.any() else "none")
     return out
 
 
@@ -97,8 +105,12 @@ def diagnose(
             unknown = model.roi_heads.unknown_label  # None for the baseline
             if over_known is not None and unknown is not None:
                 final = drop_known_under_unknown(final, unknown, over_known)
-            for stage, dd in (("raw", d), ("final", final)):
-                for o in outcome(dd, gt, model.roi_heads.unknown_label):
+            for stage, dd, top in (
+                ("raw", d, False),
+                ("final", final, False),
+                ("top", final, True),
+            ):
+                for o in outcome(dd, gt, model.roi_heads.unknown_label, top):
                     counts[f"{stage} {o}"] = counts.get(f"{stage} {o}", 0) + 1
     n = max(1, counts["objects"])
     return {k: (v if k == "objects" else v / n) for k, v in counts.items()}
