@@ -35,13 +35,7 @@ from uniframework.detect.datasets import collate
 from uniframework.detect.engine import detect_all, heldout_logits, pseudo_label_previous
 from uniframework.detect.metrics import owod_metrics
 from uniframework.detect.model import OpenWorldDetector
-from uniframework.detect.ore import (
-    apply_identifier,
-    auto_label_unknowns,
-    drop_known_under_unknown,
-    fit_identifier,
-    known_logits,
-)
+from uniframework.detect.ore import auto_label_unknowns, fit_identifier, known_logits, read_out
 from uniframework.detect.stage import _load_state, _scorer, model_kwargs, task_data, to_model_space
 from uniframework.io import load_weights, read_json
 from uniframework.openset.scores import energy
@@ -99,12 +93,9 @@ def diagnose(
             if len(gt) == 0:
                 continue
             counts["proposal"] += int((box_iou(gt * sc, p).amax(1) >= 0.5).sum())
-            final = d if scorer is None else apply_identifier(
-                d, scorer, model.roi_heads.num_classes, model.num_seen, keep_unknown
-            )  # fmt: skip
-            unknown = model.roi_heads.unknown_label  # None for the baseline
-            if over_known is not None and unknown is not None:
-                final = drop_known_under_unknown(final, unknown, over_known)
+            final = read_out(
+                d, scorer, model.roi_heads.num_classes, model.num_seen, keep_unknown, over_known
+            )
             for stage, dd, top in (
                 ("raw", d, False),
                 ("final", final, False),

@@ -21,9 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from uniframework.openset.detector import known_threshold
 from uniframework.openset.metrics import openset_metrics
-from uniframework.openset.stage import PARTS, OpensetOptions, fit_detectors, pick_detector
+from uniframework.openset.stage import (
+    PARTS,
+    OpensetOptions,
+    fit_detectors,
+    pick_detector,
+    pool_flags,
+)
 from uniframework.rundir import open_run
 from uniframework.training import extract
 
@@ -62,8 +67,7 @@ def main() -> None:
     for name, det in fitted.items():
         s_test = det.score(test["features"], test["logits"])
         auroc = openset_metrics(s_test, is_unknown, known_correct)["auroc"]
-        threshold = known_threshold(det.score(val["features"], val["logits"]))
-        flag = det.score(pool["features"], pool["logits"]) > threshold
+        flag = pool_flags(det, val, pool)
         print(
             f"{name:<16}{shares[name]:>13.3f}{flag[new].float().mean():>12.3f}"
             f"{flag[~new].float().mean():>15.3f}{auroc:>8.3f}"

@@ -22,12 +22,7 @@ from .datasets import DetectionSet, collate
 from .metrics import UNKNOWN
 from .model import OpenWorldDetector
 from .options import DetectOptions
-from .ore import (
-    ContrastiveClustering,
-    apply_identifier,
-    drop_known_under_unknown,
-    select_exemplars,
-)
+from .ore import ContrastiveClustering, read_out, select_exemplars
 
 log = logging.getLogger(__name__)
 
@@ -161,21 +156,18 @@ def detect_all(
     keep_unknown: bool = True,
     unknown_over_known: float | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Detections on every image, labels in dataset space (-1 = unknown); `keep_unknown`:
-    `apply_identifier`'s; `unknown_over_known`: `drop_known_under_unknown`'s IoU (None = off)."""
+    """Detections on every image, labels in dataset space (-1 = unknown), read out by
+    `ore.read_out` (`keep_unknown`, `unknown_over_known`: its options)."""
     model.eval().to(device)
     lut = torch.tensor([-1] + list(order) + [UNKNOWN])  # model label -> dataset label
     out = []
     for images, _, _ in DataLoader(data, batch, collate_fn=collate):
         for d in model.detect([im.to(device) for im in images]):
             d = {k: v.cpu() for k, v in d.items()}
-            if scorer is not None:
-                d = apply_identifier(
-                    d, scorer, model.roi_heads.num_classes, model.num_seen, keep_unknown
-                )
-            unknown = model.roi_heads.unknown_label  # None: the baseline has no unknown output
-            if unknown_over_known is not None and unknown is not None:
-                d = drop_known_under_unknown(d, unknown, unknown_over_known)
+            d = read_out(
+                d, scorer, model.roi_heads.num_classes, model.num_seen, keep_unknown,
+                unknown_over_known,
+            )  # fmt: skip
             d["labels"] = lut[d["labels"]]
             out.append(d)
     return out

@@ -221,6 +221,24 @@ def drop_known_under_unknown(
     return {k: v[keep] for k, v in dets.items()}
 
 
+def read_out(
+    dets: dict[str, Tensor],
+    scorer: EnergyWeibullScorer | None,
+    num_classes: int,
+    num_seen: int,
+    keep_unknown: bool = True,
+    over_known: float | None = None,
+) -> dict[str, Tensor]:
+    """One image's raw detections (model space) as the stage reports them: the energy
+    identifier (`apply_identifier`, when there is a `scorer`), then `drop_known_under_unknown`
+    at IoU `over_known` (None = off; a no-op for the baseline, which has no unknown output)."""
+    if scorer is not None:
+        dets = apply_identifier(dets, scorer, num_classes, num_seen, keep_unknown)
+    if over_known is not None:
+        dets = drop_known_under_unknown(dets, num_classes + 1, over_known)
+    return dets
+
+
 def select_exemplars(
     image_features: dict[int, list[tuple[int, Tensor]]], per_class: int
 ) -> dict[int, list[int]]:

@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..io import load_matching, load_weights, read_json
 from ..openset.weibull import EnergyWeibullScorer
 from .model import OpenWorldDetector
-from .ore import apply_identifier, drop_known_under_unknown
+from .ore import read_out
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,9 @@ def predict_images(
             log.warning("cannot read %s: %s", p, err)
             out.append({"path": str(p), "error": f"{type(err).__name__}: {err}"})
             continue
-        d = model.detect([image])[0]
-        if scorer is not None:
-            d = apply_identifier(d, scorer, num_classes, model.num_seen, keep_unknown)
-        if over_known is not None:
-            d = drop_known_under_unknown(d, num_classes + 1, over_known)
+        d = read_out(
+            model.detect([image])[0], scorer, num_classes, model.num_seen, keep_unknown, over_known
+        )
         keep = d["scores"] >= min_score
         labels = [
             "unknown" if int(lab) == num_classes + 1 else names[int(lab) - 1]

@@ -111,16 +111,16 @@ def selection_quality(picked: torch.Tensor, is_novel: torch.Tensor) -> dict[str,
     }
 
 
-def pool_flagged(detector: Detector, val: dict, pool: dict) -> float:
-    """Truth-free: the share of the unlabelled pool `detector`'s score puts above the threshold
-    that keeps 95% of the held-out knowns (`val`), whatever rule the detector decides by."""
+def pool_flags(detector: Detector, val: dict, pool: dict) -> torch.Tensor:
+    """Truth-free, [P] bool: the pool images `detector`'s score puts above the threshold that
+    keeps 95% of the held-out knowns (`val`), whatever rule the detector decides by."""
     threshold = known_threshold(detector.score(val["features"], val["logits"]))
-    return float((detector.score(pool["features"], pool["logits"]) > threshold).float().mean())
+    return detector.score(pool["features"], pool["logits"]) > threshold
 
 
 def pick_detector(fitted: dict[str, Detector], val: dict, pool: dict) -> tuple[str, dict]:
-    """(`detector: auto`'s choice, {name: `pool_flagged`}): the scorer that flags the most of
-    the pool, the first listed on a tie. No truth is read.
+    """(`detector: auto`'s choice, {name: the share of the pool `pool_flags` flags}): the
+    scorer that flags the most of the pool, the first listed on a tie. No truth is read.
 
     Why it works: the pool mixes known and new images; if its known ones score as the held-out
     knowns do, about 5% of them pass, so the share is 0.05 + pi (recall - 0.05), pi the pool's
@@ -131,7 +131,9 @@ def pick_detector(fitted: dict[str, Detector], val: dict, pool: dict) -> tuple[s
     `knn_pool` finds each pool image itself among its pool neighbours, which would favour it if
     k were small (at k = 20 the pool's known images pass at 0.049 on cifar10-mini, as the
     held-out ones)."""
-    shares = {name: pool_flagged(det, val, pool) for name, det in fitted.items()}
+    shares = {
+        name: float(pool_flags(det, val, pool).float().mean()) for name, det in fitted.items()
+    }
     return max(shares, key=shares.__getitem__), shares
 
 
