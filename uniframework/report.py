@@ -272,9 +272,11 @@ def _pool_line(metrics: dict) -> str:
     if "unlabelled_images" in m:
         n = int(m.get("num_novel", 0))
         how = "estimated" if "num_novel_est" in m else "given"
+        joined = int(m.get("pool_joined", 0))
         parts.append(
-            f"{m['pool_size']} of {m['unlabelled_images']} unlabelled images look new; we see "
-            f"{n} new kinds ({how})."
+            f"{int(m['pool_size']) - joined} of {m['unlabelled_images']} unlabelled images look "
+            f"new; we see {n} new kinds ({how})."
+            + (f" {joined} more joined a new group once the groups were trained." if joined else "")
         )
         rows = [
             [

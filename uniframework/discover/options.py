@@ -8,6 +8,8 @@ from pydantic import Field, model_validator
 
 from ..config import Section
 
+TRAINED = ("openmix", "sinkhorn")  # the methods that train a head over known + new classes
+
 
 class DiscoverOptions(Section):
     """Options of the `discover` stage."""
@@ -15,6 +17,10 @@ class DiscoverOptions(Section):
     method: Literal["openmix", "kmeans", "sinkhorn", "sskmeans", "gcd"] = "openmix"
     pool: Literal["novel", "detected", "all"] = "novel"
     num_novel: int | Literal["auto"] | None = None  # None = the split's true count
+    # `detected` pool, openmix / sinkhorn: after training, every other unlabelled image whose best
+    # output over the known and new classes is a new one joins that group (UNO's joint
+    # read-out), so the detector's misses can still reach a new class
+    join_pool: bool = False
     # how `auto` counts the novel classes; `silhouette` = `clustering.estimate_by_silhouette`
     estimator: Literal["gcd", "dtc", "silhouette"] = "gcd"
     # gcd / silhouette: the largest count within this of the best score (None: 0.01 / 0.02)
@@ -46,7 +52,7 @@ class DiscoverOptions(Section):
     @model_validator(mode="after")
     def _count_run_fits_method(self) -> DiscoverOptions:
         """Refused here, before any stage runs: the counting run trains the novel head."""
-        if self.estimate_on != "supervised" and self.method not in ("openmix", "sinkhorn"):
+        if self.estimate_on != "supervised" and self.method not in TRAINED:
             raise ValueError(
                 f"estimate_on = {self.estimate_on} trains the novel head first: use method "
                 "openmix or sinkhorn, or estimate_on: supervised"
@@ -55,5 +61,11 @@ class DiscoverOptions(Section):
             raise ValueError(
                 "estimate_on = heads compares counts from 2 to max_novel: set max_novel to 2 "
                 f"or more (it is {self.max_novel})"
+            )
+        if self.join_pool and (self.pool != "detected" or self.method not in TRAINED):
+            raise ValueError(
+                f"join_pool widens a detected pool by a trained head's read-out, but pool = "
+                f"{self.pool} and method = {self.method}: set pool: detected and method openmix "
+                "or sinkhorn, or join_pool: false"
             )
         return self

@@ -7,6 +7,10 @@ Which images (option `pool`):
   scorer with its decision rule) flags as unknown (the open-world protocol; no truth used);
 - `all`: every unlabelled image, each assigned to a known class or a new cluster
   (Generalized Category Discovery, Vaze et al. CVPR 2022: the pool mixes known and novel).
+With `join_pool` (a `detected` pool), once the new groups are trained, every other unlabelled
+image whose best output over the known and new classes is a new one joins that group (UNO's
+task-agnostic read-out, one argmax over both heads): the detector keeps 95% of the known
+images, so it passes only the surest new ones, and the groups trained on them can claim more.
 How many novel classes (option `num_novel`): a number, `null` = the split's true count (given),
 or `auto` = estimated (`estimator`: `gcd` = `clustering.estimate_num_classes`, GCD's Brent
 search on the labelled images' clustering accuracy; `dtc` = `clustering.estimate_num_novel`;
@@ -42,9 +46,10 @@ match of each group to a true class, is evaluation only) for `incremental` and `
 (the grouped images' features, for splitting a group on the label page),
 `checkpoints/discover.safetensors` (the classifier over known + novel outputs);
 `discover/embedding.png`.
-Metrics without truth: `unlabelled_images`, `pool_size`, `pool_flagged_share`,
+Metrics without truth: `unlabelled_images`, `pool_size`, `pool_flagged_share`, `pool_joined`,
 `pool_new_share`, `num_novel(_est)`, the count criteria `count_score_c` / `count_gap_c`, and per
-group `group_<j>_size|confidence|silhouette`. Evaluation, each only where its truth exists:
+group `group_<j>_size|confidence|silhouette` (silhouette on the final model's features).
+Evaluation, each only where its truth exists:
 `novel_acc|nmi|ari` on the pool's truly-novel images and `gcd_all_acc|gcd_old_acc|gcd_new_acc`
 (GCD's v2 accuracy over every unlabelled image: images outside a `novel` / `detected` pool keep
 the supervised model's known class), the pool's make-up `unlabelled_known|novel|novel_share`
@@ -108,9 +113,12 @@ class DiscoverStage:
         if trained is None or rank_zero_only.rank != 0:
             return {}
         model, n = trained.model, trained.n
+        if opts.join_pool:
+            keep, pool, metrics["pool_joined"] = _join(ctx, model, pool_all, keep, k)
+            metrics["pool_size"] = int(keep.sum())
         groups = _assign(ctx, opts, trained, pool, k)
         metrics.update(
-            group_diagnostics(pool["features"], groups.pool_pred, groups.confidence, k, n)
+            group_diagnostics(groups.final["features"], groups.pool_pred, groups.confidence, k, n)
         )
         write_groups(ctx, data, pool["index"].numpy(), groups.pool_pred, groups.confidence, k)
         metrics.update(
@@ -299,6 +307,37 @@ def _train_groups(
     if trains and _train(ctx, opts, model, k, pool["index"].numpy()) is None:
         return None
     return Trained(model, n, km, pool_pred)
+
+
+def _join(ctx, model: Classifier, pool_all: dict, keep: torch.Tensor, k: int):
+    """`join_pool`: the unlabelled images outside the pool that the trained `model` gives to a
+    new class join the pool: one argmax over known + new outputs (UNO's task-agnostic
+    read-out), with the new-over-known margin above the one that keeps 95% of the held-out
+    known images (`val`) with the known classes. (widened keep [U], the pool's entries of
+    `pool_all`, how many joined)."""
+    from ..openset.detector import known_threshold
+
+    data, rest = ctx.data, (~keep).nonzero().squeeze(1)
+    if len(rest) == 0:
+        return keep, {key: v[keep] for key, v in pool_all.items()}, 0
+    val = extract(model, data.loader(data.view("val")))["logits"]
+    bar = max(known_threshold(new_margin(val, k)), 0.0)  # 0: the argmax is a new class
+    out = extract(model, data.loader(_pool_view(data, pool_all["index"][rest].numpy())))
+    joins = rest[new_margin(out["logits"], k) > bar]
+    keep = keep.clone()
+    keep[joins] = True
+    log.info(
+        "discover: %d more unlabelled images join a new group (join_pool; margin > %.3f)",
+        len(joins),
+        bar,
+    )
+    return keep, {key: v[keep] for key, v in pool_all.items()}, len(joins)
+
+
+def new_margin(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """[N]: the best new-class logit minus the best known one (`logits` [N, k + n]); > 0 where
+    the joint argmax is a new class."""
+    return logits[:, k:].max(1).values - logits[:, :k].max(1).values
 
 
 @dataclass

@@ -1,0 +1,67 @@
+"""GCD's accuracy over every unlabelled photo of a run on own folders, from the run's files and
+the folder each unlabelled link points to (evaluation only: the run never reads it).
+
+    .venv/bin/python benchmarks/pool_accuracy.py RUN_DIR [--known airplane,automobile,...]
+
+For folders laid out by `own_folders.py` (or any whose unlabelled files are links into class
+folders). Printed, each as GCD's one Hungarian map over all classes, then split by old / new
+class (Vaze et al. 2022, `discover.metrics.gcd_accuracy`):
+- `discover`: each photo of discover's pool in its group (`discover/groups.csv`), every other
+  photo in the supervised classifier's known class (the stage's own `gcd_*_acc` on a benchmark
+  split);
+- `learned`: the final (incremental) classifier's class of every unlabelled photo;
+and the share of the new photos that reach a new group (`new caught`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from uniframework.discover.metrics import gcd_accuracy
+from uniframework.rundir import open_run
+from uniframework.training import extract
+
+KNOWN = "airplane,automobile,bird,cat,deer"  # own_folders.py's known classes
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--known", default=KNOWN)
+    args = p.parse_args()
+    ctx, _ = open_run(args.run_dir)
+    data, k = ctx.data, ctx.data.split.num_known
+    names = list(data.class_names[:k])
+    if sorted(names) != sorted(args.known.split(",")):
+        raise SystemExit(f"the run's known classes are {names}, not --known {args.known}")
+    view = data.view("unlabelled")
+    index = extract(ctx.load_classifier("supervised")[0], data.loader(view))
+    paths = [str(data.train.paths[i]) for i in index["index"].numpy()]
+    # truth: known classes by the run's order, then the others by name
+    where = [Path(os.path.realpath(f)).parent.name for f in paths]
+    new_names = sorted(set(where) - set(names))
+    truth = np.array([(names + new_names).index(c) for c in where])
+    # discover: the pool's groups, the rest in the supervised model's known class
+    pred = index["logits"][:, :k].argmax(1).numpy()
+    with open(args.run_dir / "discover" / "groups.csv") as f:
+        group = {row["image"]: row["group"] for row in csv.DictReader(f)}
+    for i, f in enumerate(paths):
+        g = group.get(f)
+        if g is not None:
+            pred[i] = names.index(g) if g in names else k + int(g.split("-")[1]) - 1
+    caught = (pred[truth >= k] >= k).mean()
+    learned = extract(ctx.load_classifier("incremental")[0], data.loader(view))["logits"]
+    print(f"run {args.run_dir}: {len(truth)} unlabelled photos, {(truth >= k).mean():.3f} new")
+    print(f"new caught (in a new group): {caught:.3f}")
+    for name, p_ in (("discover", pred), ("learned", learned.argmax(1).numpy())):
+        acc = gcd_accuracy(truth, p_, k)
+        print(f"{name:<9} GCD all {acc['all']:.3f}  old {acc['old']:.3f}  new {acc['new']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
