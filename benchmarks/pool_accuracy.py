@@ -10,7 +10,8 @@ class (Vaze et al. 2022, `discover.metrics.gcd_accuracy`):
   photo in the supervised classifier's known class (the stage's own `gcd_*_acc` on a benchmark
   split);
 - `learned`: the final (incremental) classifier's class of every unlabelled photo;
-and the share of the new photos that reach a new group (`new caught`).
+the share of the new photos that reach a new group (`new caught`), and the share of new photos
+among those the detector flagged and among those that joined (`join_pool`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from uniframework.discover.metrics import gcd_accuracy
+from uniframework.openset.detector import Detector
 from uniframework.rundir import open_run
 from uniframework.training import extract
 
@@ -55,8 +57,15 @@ def main() -> None:
         if g is not None:
             pred[i] = names.index(g) if g in names else k + int(g.split("-")[1]) - 1
     caught = (pred[truth >= k] >= k).mean()
-    learned = extract(ctx.load_classifier("incremental")[0], data.loader(view))["logits"]
     print(f"run {args.run_dir}: {len(truth)} unlabelled photos, {(truth >= k).mean():.3f} new")
+    flagged = Detector.load(args.run_dir / "openset").predict_unknown(
+        index["features"], index["logits"][:, :k]
+    )
+    flagged = flagged.cpu().numpy()
+    joined = (pred >= k) & ~flagged
+    for name, mask in (("flagged by the detector", flagged), ("joined", joined)):
+        print(f"{name}: {mask.sum()} photos, {(truth[mask] >= k).mean():.3f} new")
+    learned = extract(ctx.load_classifier("incremental")[0], data.loader(view))["logits"]
     print(f"new caught (in a new group): {caught:.3f}")
     for name, p_ in (("discover", pred), ("learned", learned.argmax(1).numpy())):
         acc = gcd_accuracy(truth, p_, k)
