@@ -214,9 +214,10 @@ def test_the_new_margin_is_the_best_new_logit_over_the_best_known_one():
     assert new_margin(logits, 2).tolist() == [-1.0, 3.0]
 
 
-def test_join_pool_needs_a_detected_pool_and_a_trained_head():
-    DiscoverOptions(pool="detected", join_pool=True)
-    with pytest.raises(ValueError, match="join_pool"):
-        DiscoverOptions(pool="all", join_pool=True)
+def test_join_pool_needs_a_detected_pool_and_a_trained_head(tmp_path):
     with pytest.raises(ValueError, match="join_pool"):
         DiscoverOptions(method="kmeans", pool="detected", join_pool=True)
+    cfg = _config("openmix")
+    cfg.stages[2]["discover"].update(pool="all", join_pool=True)
+    with pytest.raises(UserError, match="join_pool"):
+        run(cfg, tmp_path)

@@ -18,8 +18,8 @@ class DiscoverOptions(Section):
     pool: Literal["novel", "detected", "all"] = "novel"
     num_novel: int | Literal["auto"] | None = None  # None = the split's true count
     # `detected` pool, openmix / sinkhorn: after training, every other unlabelled image whose best
-    # output over the known and new classes is a new one joins that group (UNO's joint
-    # read-out), so the detector's misses can still reach a new class
+    # output over the known and new classes is a new one, by more than the margin that keeps 95%
+    # of the held-out knowns, joins that group, so the detector's misses can still reach one
     join_pool: bool = False
     # how `auto` counts the novel classes; `silhouette` = `clustering.estimate_by_silhouette`
     estimator: Literal["gcd", "dtc", "silhouette"] = "gcd"
@@ -62,10 +62,9 @@ class DiscoverOptions(Section):
                 "estimate_on = heads compares counts from 2 to max_novel: set max_novel to 2 "
                 f"or more (it is {self.max_novel})"
             )
-        if self.join_pool and (self.pool != "detected" or self.method not in TRAINED):
+        if self.join_pool and self.method not in TRAINED:
             raise ValueError(
-                f"join_pool widens a detected pool by a trained head's read-out, but pool = "
-                f"{self.pool} and method = {self.method}: set pool: detected and method openmix "
-                "or sinkhorn, or join_pool: false"
+                f"join_pool widens the pool by a trained head's read-out, but method = "
+                f"{self.method}: use method openmix or sinkhorn, or join_pool: false"
             )
         return self

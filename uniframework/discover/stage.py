@@ -8,8 +8,9 @@ Which images (option `pool`):
 - `all`: every unlabelled image, each assigned to a known class or a new cluster
   (Generalized Category Discovery, Vaze et al. CVPR 2022: the pool mixes known and novel).
 With `join_pool` (a `detected` pool), once the new groups are trained, every other unlabelled
-image whose best output over the known and new classes is a new one joins that group (UNO's
-task-agnostic read-out, one argmax over both heads): the detector keeps 95% of the known
+image whose best output over the known and new classes is a new one (UNO's task-agnostic
+read-out, one argmax over both heads), by more than the new-over-known margin that keeps 95% of
+the held-out knowns, joins that group (`_join`): the detector keeps 95% of the known
 images, so it passes only the surest new ones, and the groups trained on them can claim more.
 How many novel classes (option `num_novel`): a number, `null` = the split's true count (given),
 or `auto` = estimated (`estimator`: `gcd` = `clustering.estimate_num_classes`, GCD's Brent
@@ -433,7 +434,7 @@ def options_for(opts: DiscoverOptions, data) -> DiscoverOptions:
     `detected` and `num_novel` to `auto`; the options that need the pool's classes are refused
     (UserError naming the key and the fix). A benchmark keeps the options as given."""
     if not data.user_mode:
-        return opts
+        return _check_join(opts)
     given = opts.model_fields_set
     if opts.pool == "novel" and "pool" in given:
         raise UserError(
@@ -448,7 +449,18 @@ def options_for(opts: DiscoverOptions, data) -> DiscoverOptions:
             "or give a number"
         )
     update = {k: v for k, v in (("pool", "detected"), ("num_novel", "auto")) if k not in given}
-    return opts.model_copy(update=update)
+    return _check_join(opts.model_copy(update=update))
+
+
+def _check_join(opts: DiscoverOptions) -> DiscoverOptions:
+    """`join_pool` widens a detected pool (the pool is settled here: own folders default to
+    `detected`), else a UserError."""
+    if opts.join_pool and opts.pool != "detected":
+        raise UserError(
+            f"stages.discover.join_pool widens a detected pool, but pool = {opts.pool}: set "
+            "pool: detected, or join_pool: false"
+        )
+    return opts
 
 
 def select_pool(ctx, opts, pool: dict, truth: np.ndarray | None, k: int) -> torch.Tensor:
