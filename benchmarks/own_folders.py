@@ -87,7 +87,11 @@ def main() -> None:
     print(f"wall {wall:.0f} s ({per:.0f} s per 1,000 photos); peak RSS {rss:.2f} GB")
     print("without truth:")
     print(f"  unlabelled photos flagged new by openset: {m['openset.pool_flagged_share']:.3f}")
-    print(f"  discover pool: {m['discover.pool_size']} of {pool}; new kinds counted: {n}")
+    joined = int(m.get("discover.pool_joined", 0))
+    print(
+        f"  discover pool: {m['discover.pool_size'] - joined} flagged + {joined} joined "
+        f"(join_pool) of {pool}; new kinds counted: {n}"
+    )
     for j in range(n):
         g = f"discover.group_{j + 1}"
         print(

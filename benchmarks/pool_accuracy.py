@@ -58,13 +58,14 @@ def main() -> None:
             pred[i] = names.index(g) if g in names else k + int(g.split("-")[1]) - 1
     caught = (pred[truth >= k] >= k).mean()
     print(f"run {args.run_dir}: {len(truth)} unlabelled photos, {(truth >= k).mean():.3f} new")
-    flagged = Detector.load(args.run_dir / "openset").predict_unknown(
-        index["features"], index["logits"][:, :k]
-    )
-    flagged = flagged.cpu().numpy()
+    detector = Detector.load(args.run_dir / "openset")
+    if detector is None:
+        raise SystemExit(f"{args.run_dir} has no openset/detector.json")
+    flagged = detector.predict_unknown(index["features"], index["logits"][:, :k]).cpu().numpy()
     joined = (pred >= k) & ~flagged
     for name, mask in (("flagged by the detector", flagged), ("joined", joined)):
-        print(f"{name}: {mask.sum()} photos, {(truth[mask] >= k).mean():.3f} new")
+        if mask.any():
+            print(f"{name}: {mask.sum()} photos, {(truth[mask] >= k).mean():.3f} new")
     learned = extract(ctx.load_classifier("incremental")[0], data.loader(view))["logits"]
     print(f"new caught (in a new group): {caught:.3f}")
     for name, p_ in (("discover", pred), ("learned", learned.argmax(1).numpy())):

@@ -204,6 +204,7 @@ def test_join_pool_lets_the_trained_groups_claim_the_photos_the_detector_missed(
     extra = sorted(set(found["index"]) - flagged)
     assert len(extra) == m["pool_joined"]
     truth = ctx.data.pool_truth(extra)
+    assert m["joined_novel_fraction"] == pytest.approx((truth >= 5).mean())
     # the pool is half novel; what joins is mostly novel (measured 0.83, 45 of 54 images; the
     # plain argmax, without the held-out margin, joined 215 images, 0.44 novel)
     assert (truth >= 5).mean() > 0.6

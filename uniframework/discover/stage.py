@@ -54,7 +54,8 @@ Evaluation, each only where its truth exists:
 `novel_acc|nmi|ari` on the pool's truly-novel images and `gcd_all_acc|gcd_old_acc|gcd_new_acc`
 (GCD's v2 accuracy over every unlabelled image: images outside a `novel` / `detected` pool keep
 the supervised model's known class), the pool's make-up `unlabelled_known|novel|novel_share`
-(benchmarks: the split's hidden classes); `test_novel_acc|nmi|ari` on the test set's novel
+(benchmarks: the split's hidden classes), `joined_novel_fraction` (`join_pool`);
+`test_novel_acc|nmi|ari` on the test set's novel
 classes (novel outputs only), `known_acc` (the test set, also a person's test/ folder).
 A person's own folders (no truth): `pool` defaults to `detected` and `num_novel` to `auto`;
 `pool: novel` and `num_novel: null` are refused.
@@ -115,8 +116,8 @@ class DiscoverStage:
             return {}
         model, n = trained.model, trained.n
         if opts.join_pool:
-            keep, pool, metrics["pool_joined"] = _join(ctx, model, pool_all, keep, k)
-            metrics["pool_size"] = int(keep.sum())
+            keep, pool, joined = _join(ctx, model, pool_all, keep, k)
+            metrics.update(joined, pool_size=int(keep.sum()))
         groups = _assign(ctx, opts, trained, pool, k)
         metrics.update(
             group_diagnostics(groups.final["features"], groups.pool_pred, groups.confidence, k, n)
@@ -315,16 +316,22 @@ def _join(ctx, model: Classifier, pool_all: dict, keep: torch.Tensor, k: int):
     new class join the pool: one argmax over known + new outputs (UNO's task-agnostic
     read-out), with the new-over-known margin above the one that keeps 95% of the held-out
     known images (`val`) with the known classes. (widened keep [U], the pool's entries of
-    `pool_all`, how many joined)."""
+    `pool_all`, metrics: `pool_joined`; on a benchmark split also the pool's novel fraction
+    after joining and `joined_novel_fraction`, evaluation only)."""
     from ..openset.detector import known_threshold
 
     data, rest = ctx.data, (~keep).nonzero().squeeze(1)
-    if len(rest) == 0:
-        return keep, {key: v[keep] for key, v in pool_all.items()}, 0
     val = extract(model, data.loader(data.view("val")))["logits"]
+    if len(val) == 0:
+        raise UserError(
+            "stages.discover.join_pool sets its margin on the held-out labelled images, and "
+            "there are none: raise data.val_fraction, or set join_pool: false"
+        )
     bar = max(known_threshold(new_margin(val, k)), 0.0)  # 0: the argmax is a new class
-    out = extract(model, data.loader(_pool_view(data, pool_all["index"][rest].numpy())))
-    joins = rest[new_margin(out["logits"], k) > bar]
+    joins = rest[:0]
+    if len(rest):
+        out = extract(model, data.loader(_pool_view(data, pool_all["index"][rest].numpy())))
+        joins = rest[new_margin(out["logits"], k) > bar]
     keep = keep.clone()
     keep[joins] = True
     log.info(
@@ -332,7 +339,13 @@ def _join(ctx, model: Classifier, pool_all: dict, keep: torch.Tensor, k: int):
         len(joins),
         bar,
     )
-    return keep, {key: v[keep] for key, v in pool_all.items()}, len(joins)
+    metrics: dict[str, float] = {"pool_joined": len(joins)}
+    truth = data.pool_truth(pool_all["index"].numpy())
+    if truth is not None:  # evaluation
+        metrics["pool_novel_fraction"] = float((truth[keep.numpy()] >= k).mean())
+        if len(joins):
+            metrics["joined_novel_fraction"] = float((truth[joins.numpy()] >= k).mean())
+    return keep, {key: v[keep] for key, v in pool_all.items()}, metrics
 
 
 def new_margin(logits: torch.Tensor, k: int) -> torch.Tensor:
