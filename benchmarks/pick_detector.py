@@ -44,12 +44,18 @@ def pool_is_new(data, index: np.ndarray, known: list[str]) -> torch.Tensor:
     return torch.tensor([Path(os.path.realpath(paths[i])).parent.name not in known for i in index])
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def open_own_run(doc: str):
+    """(args, the run's context) from the command line `RUN_DIR [--known ...]` (also
+    `pool_accuracy.py`'s)."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("run_dir", type=Path)
     p.add_argument("--known", default=KNOWN)
     args = p.parse_args()
-    ctx, _ = open_run(args.run_dir)
+    return args, open_run(args.run_dir)[0]
+
+
+def main() -> None:
+    args, ctx = open_own_run(__doc__)
     data, k = ctx.data, ctx.data.split.num_known
     model, _ = ctx.load_classifier("supervised")
     out = {part: extract(model, data.loader(data.view(part))) for part in PARTS}

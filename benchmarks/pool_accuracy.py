@@ -16,27 +16,20 @@ among those the detector flagged and among those that joined (`join_pool`).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 from pathlib import Path
 
 import numpy as np
+from pick_detector import open_own_run  # (benchmarks/, the script's folder)
 
 from uniframework.discover.metrics import gcd_accuracy
 from uniframework.openset.detector import Detector
-from uniframework.rundir import open_run
 from uniframework.training import extract
-
-KNOWN = "airplane,automobile,bird,cat,deer"  # own_folders.py's known classes
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--known", default=KNOWN)
-    args = p.parse_args()
-    ctx, _ = open_run(args.run_dir)
+    args, ctx = open_own_run(__doc__)
     data, k = ctx.data, ctx.data.split.num_known
     names = list(data.class_names[:k])
     if sorted(names) != sorted(args.known.split(",")):
