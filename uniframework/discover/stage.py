@@ -90,7 +90,7 @@ from .clustering import (
 from .gcd import centre_head
 from .groups import evaluate, group_diagnostics, order_by_size, write_groups
 from .labels import cluster_name
-from .options import DiscoverOptions
+from .options import TRAINED, DiscoverOptions
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def _train_groups(
     else:  # (overclustered: from the over-counting model, on its features)
         km = kmeans(pool["features"], n, seed=ctx.cfg.seed)
         model = novel_head(model, k, n, torch.from_numpy(km.cluster_centers_).float())
-    trains = opts.method not in ("kmeans", "sskmeans", "gcd")
+    trains = opts.method in TRAINED
     if trains and _train(ctx, opts, model, k, pool["index"].numpy()) is None:
         return None
     return Trained(model, n, km, pool_pred)
