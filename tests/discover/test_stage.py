@@ -208,6 +208,23 @@ def test_join_pool_lets_the_trained_groups_claim_the_photos_the_detector_missed(
     # the pool is half novel; what joins is mostly novel (measured 0.83, 45 of 54 images; the
     # plain argmax, without the held-out margin, joined 215 images, 0.44 novel)
     assert (truth >= 5).mean() > 0.6
+    # join_keep 0: the plain argmax (margin 0) claims a superset, and many known images with it
+    cfg.stages[2]["discover"]["join_keep"] = 0.0
+    argmax = run(cfg, tmp_path, restart_from="discover")
+    plain = set(read_json(tmp_path / "discover/discovered.json")["index"]) - flagged
+    assert set(extra) <= plain and argmax["discover.pool_joined"] == len(plain)
+    assert argmax["discover.joined_novel_fraction"] < m["joined_novel_fraction"] - 0.15
+    cfg.stages[2]["discover"]["join_keep"] = 0.95
+    # a second round: the groups train again on the widened pool, then claim more; the first
+    # round is the same run, so what joined then stays
+    cfg.stages[2]["discover"]["join_rounds"] = 2
+    again = run(cfg, tmp_path, restart_from="discover")
+    assert (tmp_path / "checkpoints/discover_join1").is_dir()
+    rounds = set(read_json(tmp_path / "discover/discovered.json")["index"]) - flagged
+    assert set(extra) <= rounds and again["discover.pool_joined"] == len(rounds)
+    truth = ctx.data.pool_truth(sorted(rounds))
+    assert again["discover.joined_novel_fraction"] == pytest.approx((truth >= 5).mean())
+    assert (truth >= 5).mean() > 0.6
 
 
 def test_the_new_margin_is_the_best_new_logit_over_the_best_known_one():

@@ -21,6 +21,12 @@ class DiscoverOptions(Section):
     # output over the known and new classes is a new one, by more than the margin that keeps 95%
     # of the held-out knowns, joins that group, so the detector's misses can still reach one
     join_pool: bool = False
+    # join_pool: rounds of joining; before each round after the first, the groups train again
+    # (max_epochs) on the widened pool, so a head trained on more photos claims more
+    join_rounds: int = Field(1, ge=1)
+    # join_pool: the share of the held-out knowns the join margin keeps with the known classes
+    # (the detector's operating point; a margin below 0 is the plain argmax)
+    join_keep: float = Field(0.95, ge=0, le=1)
     # how `auto` counts the novel classes; `silhouette` = `clustering.estimate_by_silhouette`
     estimator: Literal["gcd", "dtc", "silhouette"] = "gcd"
     # gcd / silhouette: the largest count within this of the best score (None: 0.01 / 0.02)

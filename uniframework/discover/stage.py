@@ -9,9 +9,12 @@ Which images (option `pool`):
   (Generalized Category Discovery, Vaze et al. CVPR 2022: the pool mixes known and novel).
 With `join_pool` (a `detected` pool), once the new groups are trained, every other unlabelled
 image whose best output over the known and new classes is a new one (UNO's task-agnostic
-read-out, one argmax over both heads), by more than the new-over-known margin that keeps 95% of
-the held-out knowns, joins that group (`_join`): the detector keeps 95% of the known
-images, so it passes only the surest new ones, and the groups trained on them can claim more.
+read-out, one argmax over both heads), by more than the new-over-known margin that keeps
+`join_keep` (95%) of the held-out knowns, joins that group (`_join`): the detector keeps 95%
+of the known images, so it passes only the surest new ones, and the groups trained on them can
+claim more.
+`join_rounds` > 1: the groups train again (`max_epochs`) on the widened pool before each
+further round (`checkpoints/discover_join<r>`).
 How many novel classes (option `num_novel`): a number, `null` = the split's true count (given),
 or `auto` = estimated (`estimator`: `gcd` = `clustering.estimate_num_classes`, GCD's Brent
 search on the labelled images' clustering accuracy; `dtc` = `clustering.estimate_num_novel`;
@@ -116,8 +119,7 @@ class DiscoverStage:
             return {}
         model, n = trained.model, trained.n
         if opts.join_pool:
-            keep, pool, joined = _join(ctx, model, pool_all, keep, k)
-            metrics.update(joined, pool_size=int(keep.sum()))
+            keep, pool = _join_rounds(ctx, opts, model, pool_all, keep, k, metrics)
         groups = _assign(ctx, opts, trained, pool, k)
         metrics.update(
             group_diagnostics(groups.final["features"], groups.pool_pred, groups.confidence, k, n)
@@ -311,13 +313,33 @@ def _train_groups(
     return Trained(model, n, km, pool_pred)
 
 
-def _join(ctx, model: Classifier, pool_all: dict, keep: torch.Tensor, k: int):
-    """`join_pool`: the unlabelled images outside the pool that the trained `model` gives to a
-    new class join the pool: one argmax over known + new outputs (UNO's task-agnostic
-    read-out), with the new-over-known margin above the one that keeps 95% of the held-out
-    known images (`val`) with the known classes. (widened keep [U], the pool's entries of
-    `pool_all`, metrics: `pool_joined`; on a benchmark split also the pool's novel fraction
-    after joining and `joined_novel_fraction`, evaluation only)."""
+def _join_rounds(ctx, opts, model: Classifier, pool_all: dict, keep: torch.Tensor, k, metrics):
+    """`join_pool`: `join_rounds` rounds of `_join`, the groups trained again (`max_epochs`) on
+    the widened pool before each round after the first; (widened keep [U], the pool's entries
+    of `pool_all`). Metrics: `pool_joined`, `pool_size` (flagged + joined); on a benchmark
+    split also the widened pool's novel fraction and `joined_novel_fraction` (evaluation)."""
+    flagged, pool = keep, None
+    for r in range(opts.join_rounds):
+        if r:  # (rank 0 only, like the rest of the stage after the counting run)
+            index = pool_all["index"][keep].numpy()  # dataset indices of the widened pool
+            _train(ctx, opts, model, k, index, name=f"discover_join{r}")
+        keep, pool = _join(ctx, model, pool_all, keep, k, opts.join_keep)
+    joins = (keep & ~flagged).nonzero().squeeze(1)
+    metrics.update(pool_joined=len(joins), pool_size=int(keep.sum()))
+    truth = ctx.data.pool_truth(pool_all["index"].numpy())
+    if truth is not None:  # evaluation
+        metrics["pool_novel_fraction"] = float((truth[keep.numpy()] >= k).mean())
+        if len(joins):
+            metrics["joined_novel_fraction"] = float((truth[joins.numpy()] >= k).mean())
+    return keep, pool
+
+
+def _join(ctx, model: Classifier, pool_all: dict, keep: torch.Tensor, k: int, kept: float):
+    """One round of `join_pool`: the unlabelled images outside the pool that the trained
+    `model` gives to a new class join the pool: one argmax over known + new outputs (UNO's
+    task-agnostic read-out), with the new-over-known margin above the one that keeps a `kept`
+    share of the held-out known images (`val`) with the known classes (at least 0: the
+    argmax). (widened keep [U], the pool's entries of `pool_all`)."""
     from ..openset.detector import known_threshold
 
     data, rest = ctx.data, (~keep).nonzero().squeeze(1)
@@ -327,7 +349,7 @@ def _join(ctx, model: Classifier, pool_all: dict, keep: torch.Tensor, k: int):
             "stages.discover.join_pool sets its margin on the held-out labelled images, and "
             "there are none: raise data.val_fraction, or set join_pool: false"
         )
-    bar = max(known_threshold(new_margin(val, k)), 0.0)  # 0: the argmax is a new class
+    bar = max(known_threshold(new_margin(val, k), kept), 0.0)  # 0: the argmax is a new class
     joins = rest[:0]
     if len(rest):
         out = extract(model, data.loader(_pool_view(data, pool_all["index"][rest].numpy())))
@@ -339,13 +361,7 @@ def _join(ctx, model: Classifier, pool_all: dict, keep: torch.Tensor, k: int):
         len(joins),
         bar,
     )
-    metrics: dict[str, float] = {"pool_joined": len(joins)}
-    truth = data.pool_truth(pool_all["index"].numpy())
-    if truth is not None:  # evaluation
-        metrics["pool_novel_fraction"] = float((truth[keep.numpy()] >= k).mean())
-        if len(joins):
-            metrics["joined_novel_fraction"] = float((truth[joins.numpy()] >= k).mean())
-    return keep, {key: v[keep] for key, v in pool_all.items()}, metrics
+    return keep, {key: v[keep] for key, v in pool_all.items()}
 
 
 def new_margin(logits: torch.Tensor, k: int) -> torch.Tensor:
