@@ -72,3 +72,30 @@ def test_info_nce_at_a_known_value():
     t = 0.5
     expected = -torch.log(torch.exp(torch.tensor(1 / t)) / (torch.exp(torch.tensor(1 / t)) + 6))
     torch.testing.assert_close(info_nce_loss(z, z.clone(), t), expected)
+
+
+def test_the_pool_batch_can_be_larger_than_the_labelled_one(tmp_path, monkeypatch):
+    """`pool_batch_size`: each step sees that many unlabelled images beside a labelled batch of
+    `batch_size` (an epoch stays one pass over the labelled images)."""
+    from uniframework.supervised.module import SupervisedModule
+
+    sizes = []
+    step = SupervisedModule._gcd_step
+
+    def recording(self, batch):
+        sizes.append((len(batch["labelled"][0]), len(batch["pool"][0])))
+        return step(self, batch)
+
+    monkeypatch.setattr(SupervisedModule, "_gcd_step", recording)
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            "data.num_known=5",
+            "data.labelled_fraction=0.5",
+            "trainer.max_epochs=1",
+            "stages=[{supervised: {gcd_weight: 1.0, pool_batch_size: 96}}]",
+        ],
+    )
+    run(cfg, tmp_path)
+    assert sizes and all(s == (32, 96) for s in sizes)

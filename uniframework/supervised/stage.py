@@ -62,6 +62,7 @@ class SupervisedStage:
                     "data.labelled_fraction below 1"
                 )
             train_views.append(pool)
+            pool_batch = opts.pool_batch_size or opts.batch_size
             if opts.trains_unknowns and opts.auto_label == "known_weibull":
                 if not has_val:
                     raise UserError(
@@ -81,14 +82,14 @@ class SupervisedStage:
                 train = CombinedLoader(
                     {
                         "labelled": data.loader(two_views(labelled), True, opts.batch_size),
-                        "pool": data.loader(two_views(pool), True, opts.batch_size),
+                        "pool": data.loader(two_views(pool), True, pool_batch),
                     },
                     mode="min_size",
                 )
             else:
                 train = {
                     "labelled": train,
-                    "pool": data.loader(pool, train=True, batch_size=opts.batch_size),
+                    "pool": data.loader(pool, train=True, batch_size=pool_batch),
                 }
         if opts.progressive is not None:  # image size + regularisation rise by stage
             trainer.callbacks.append(progressive_callback(opts, cfg.data, train_views))
