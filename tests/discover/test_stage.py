@@ -211,8 +211,9 @@ def test_join_pool_lets_the_trained_groups_claim_the_photos_the_detector_missed(
     # join_keep 0: the plain argmax (margin 0) claims a superset, and many known images with it
     cfg.stages[2]["discover"]["join_keep"] = 0.0
     argmax = run(cfg, tmp_path, restart_from="discover")
-    plain = set(read_json(tmp_path / "discover/discovered.json")["index"]) - flagged
-    assert set(extra) <= plain and argmax["discover.pool_joined"] == len(plain)
+    claimed = set(read_json(tmp_path / "discover/discovered.json")["index"]) - flagged
+    assert set(extra) <= claimed and argmax["discover.pool_joined"] == len(claimed)
+    assert argmax["discover.pool_size"] == plain["discover.pool_size"] + len(claimed)
     assert argmax["discover.joined_novel_fraction"] < m["joined_novel_fraction"] - 0.15
     cfg.stages[2]["discover"]["join_keep"] = 0.95
     # a second round: the groups train again on the widened pool, then claim more; the first
@@ -222,6 +223,7 @@ def test_join_pool_lets_the_trained_groups_claim_the_photos_the_detector_missed(
     assert (tmp_path / "checkpoints/discover_join1").is_dir()
     rounds = set(read_json(tmp_path / "discover/discovered.json")["index"]) - flagged
     assert set(extra) <= rounds and again["discover.pool_joined"] == len(rounds)
+    assert again["discover.pool_size"] == plain["discover.pool_size"] + len(rounds)
     truth = ctx.data.pool_truth(sorted(rounds))
     assert again["discover.joined_novel_fraction"] == pytest.approx((truth >= 5).mean())
     assert (truth >= 5).mean() > 0.6
@@ -235,6 +237,8 @@ def test_the_new_margin_is_the_best_new_logit_over_the_best_known_one():
 def test_join_pool_needs_a_detected_pool_and_a_trained_head(tmp_path):
     with pytest.raises(ValueError, match="join_pool"):
         DiscoverOptions(method="kmeans", pool="detected", join_pool=True)
+    with pytest.raises(ValueError, match="join_rounds only act with join_pool"):
+        DiscoverOptions(pool="detected", join_rounds=2)
     cfg = _config("openmix")
     cfg.stages[2]["discover"].update(pool="all", join_pool=True)
     with pytest.raises(UserError, match="join_pool"):

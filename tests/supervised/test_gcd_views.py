@@ -6,10 +6,12 @@ from __future__ import annotations
 import csv
 import math
 
+import pytest
 import torch
 
 from uniframework.config import load_config
 from uniframework.discover.gcd import info_nce_loss
+from uniframework.errors import UserError
 from uniframework.io import load_weights
 from uniframework.pipeline import run
 
@@ -99,3 +101,7 @@ def test_the_pool_batch_can_be_larger_than_the_labelled_one(tmp_path, monkeypatc
     )
     run(cfg, tmp_path)
     assert sizes and all(s == (32, 96) for s in sizes)
+    # a pool batch so large that the pool runs out before the labelled images: refused
+    cfg.stages[0]["supervised"]["pool_batch_size"] = 5000
+    with pytest.raises(UserError, match="pool_batch_size = 5000"):
+        run(cfg, tmp_path / "again")

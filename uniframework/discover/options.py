@@ -68,6 +68,12 @@ class DiscoverOptions(Section):
                 "estimate_on = heads compares counts from 2 to max_novel: set max_novel to 2 "
                 f"or more (it is {self.max_novel})"
             )
+        set_joins = {"join_keep", "join_rounds"} & self.model_fields_set
+        if set_joins and not self.join_pool:
+            raise ValueError(
+                f"{', '.join(sorted(set_joins))} only act with join_pool: set join_pool: true, "
+                "or leave them out"
+            )
         if self.join_pool and self.method not in TRAINED:
             raise ValueError(
                 f"join_pool widens the pool by a trained head's read-out, but method = "

@@ -109,6 +109,12 @@ class DiscoverStage:
         """Select the pool -> count -> train -> assign -> evaluate -> save; {} on ranks > 0."""
         data, k = ctx.data, ctx.data.split.num_known
         opts = options_for(opts, data)
+        t = ctx.cfg.trainer
+        if opts.join_rounds > 1 and (t.devices not in (1, "auto", [0]) or t.num_nodes > 1):
+            raise UserError(  # the further rounds train on rank 0 alone, after the other ranks
+                "stages.discover.join_rounds > 1 trains on one process: set trainer.devices=1, "
+                "or join_rounds: 1"
+            )
         supervised, pool_all, keep, metrics = _select(ctx, opts, k)
         pool = {key: v[keep] for key, v in pool_all.items()}
         counted = _count(ctx, opts, supervised, pool, k, metrics)

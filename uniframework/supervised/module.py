@@ -91,8 +91,9 @@ class SupervisedOptions(OreOptions):
     # lr after the warm-up: cosine to 0, or linear to 0 (Page's / OneCycle's triangle)
     schedule: Literal["cosine", "linear"] = "cosine"
     batch_size: int | None = Field(None, ge=1)  # training batches; None = data.batch_size
-    # unlabelled images beside each labelled batch (FixMatch's mu x B); None = batch_size. An
-    # epoch is one pass over the labelled images, so a larger one shows the pool more often
+    # unlabelled images beside each labelled batch (FixMatch's mu x B); None = batch_size. With
+    # gcd_weight an epoch is one pass over the labelled images, so a larger one shows the pool
+    # more often; refused where the pool would run out first
     pool_batch_size: int | None = Field(None, ge=1)
     # GCD's representation loss (Vaze et al. 2022, `discover/gcd.py`) from the first epoch, on
     # two views of every image, labelled and unlabelled: loss = CE + gcd_weight * ((1 - lam)

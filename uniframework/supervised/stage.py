@@ -63,6 +63,13 @@ class SupervisedStage:
                 )
             train_views.append(pool)
             pool_batch = opts.pool_batch_size or opts.batch_size
+            batch = opts.batch_size or data.cfg.batch_size
+            if len(pool) // pool_batch < len(labelled) // batch:  # (epochs end with the labelled)
+                raise UserError(
+                    f"stages.supervised.pool_batch_size = {pool_batch} makes fewer batches of the "
+                    f"{len(pool)} unlabelled images than of the {len(labelled)} labelled ones: "
+                    f"set it to {max(1, len(pool) // max(1, len(labelled) // batch))} or less"
+                )
             if opts.trains_unknowns and opts.auto_label == "known_weibull":
                 if not has_val:
                     raise UserError(
