@@ -62,8 +62,8 @@ class SupervisedStage:
                     "data.labelled_fraction below 1"
                 )
             train_views.append(pool)
-            pool_batch = opts.pool_batch_size or opts.batch_size
             batch = opts.batch_size or data.cfg.batch_size
+            pool_batch = opts.pool_batch_size or batch
             if len(pool) // pool_batch < len(labelled) // batch:  # (epochs end with the labelled)
                 raise UserError(
                     f"stages.supervised.pool_batch_size = {pool_batch} makes fewer batches of the "
