@@ -68,11 +68,13 @@ class DiscoverOptions(Section):
                 "estimate_on = heads compares counts from 2 to max_novel: set max_novel to 2 "
                 f"or more (it is {self.max_novel})"
             )
-        set_joins = {"join_keep", "join_rounds"} & self.model_fields_set
-        if set_joins and not self.join_pool:
+        # (a saved config.yaml holds every key at its default: only a changed one is refused)
+        defaults = {k: type(self).model_fields[k].default for k in ("join_keep", "join_rounds")}
+        moved = [k for k, v in defaults.items() if getattr(self, k) != v]
+        if moved and not self.join_pool:
             raise ValueError(
-                f"{', '.join(sorted(set_joins))} only act with join_pool: set join_pool: true, "
-                "or leave them out"
+                f"{', '.join(moved)} only act with join_pool: set join_pool: true, or leave "
+                "them at their defaults"
             )
         if self.join_pool and self.method not in TRAINED:
             raise ValueError(
