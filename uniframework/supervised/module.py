@@ -93,7 +93,7 @@ class SupervisedOptions(OreOptions):
     batch_size: int | None = Field(None, ge=1)  # training batches; None = data.batch_size
     # unlabelled images beside each labelled batch (FixMatch's mu x B); None = batch_size. With
     # gcd_weight an epoch is one pass over the labelled images, so a larger one shows the pool
-    # more often; refused where the pool would run out first
+    # more often; there a size that runs the pool out first is refused
     pool_batch_size: int | None = Field(None, ge=1)
     # GCD's representation loss (Vaze et al. 2022, `discover/gcd.py`) from the first epoch, on
     # two views of every image, labelled and unlabelled: loss = CE + gcd_weight * ((1 - lam)

@@ -64,12 +64,6 @@ class SupervisedStage:
             train_views.append(pool)
             batch = opts.batch_size or data.cfg.batch_size
             pool_batch = opts.pool_batch_size or batch
-            if len(pool) // pool_batch < len(labelled) // batch:  # (epochs end with the labelled)
-                raise UserError(
-                    f"stages.supervised.pool_batch_size = {pool_batch} makes fewer batches of the "
-                    f"{len(pool)} unlabelled images than of the {len(labelled)} labelled ones: "
-                    f"set it to {max(1, len(pool) // max(1, len(labelled) // batch))} or less"
-                )
             if opts.trains_unknowns and opts.auto_label == "known_weibull":
                 if not has_val:
                     raise UserError(
@@ -86,6 +80,14 @@ class SupervisedStage:
                     )
                 )
             if opts.gcd_weight > 0:  # two views of each; an epoch = one pass over the labelled
+                # (a pool batch that runs the pool out first would cut the epoch short)
+                if opts.pool_batch_size and len(pool) // pool_batch < len(labelled) // batch:
+                    raise UserError(
+                        f"stages.supervised.pool_batch_size = {pool_batch} makes fewer batches of "
+                        f"the {len(pool)} unlabelled images than of the {len(labelled)} labelled "
+                        f"ones: set it to {max(1, len(pool) // max(1, len(labelled) // batch))} "
+                        "or less"
+                    )
                 train = CombinedLoader(
                     {
                         "labelled": data.loader(two_views(labelled), True, opts.batch_size),
