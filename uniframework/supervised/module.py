@@ -34,7 +34,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..data.augment import batch_colour
@@ -52,6 +52,7 @@ from .prototypes import (
     prototype_interval,
     update_prototypes,
 )
+from .simgcd import PrototypeHead, simgcd_loss, teacher_temperature
 
 
 class SupervisedOptions(OreOptions):
@@ -107,6 +108,16 @@ class SupervisedOptions(OreOptions):
     gcd_proj_dim: int = Field(128, ge=1)  # projection output (SimCLR: 128)
     gcd_hidden_dim: int = Field(512, ge=1)  # projection MLP width
     colour_strength: float = Field(0.4, ge=0, lt=1)  # the views' colour jitter (SimCLR CIFAR)
+    # SimGCD's parametric classifier (Wen et al. 2023, `simgcd.py`) on the same two views: loss
+    # += simgcd_weight * ((1 - lam) (self-distillation - eps * mean entropy) + lam CE), lam =
+    # gcd_sup_weight, over prototypes for the known classes and `simgcd_new_classes` new ones (a
+    # prior: None = as many as the known; the count is still estimated by discover). Needs
+    # gcd_weight > 0 (its views). 0 = off
+    simgcd_weight: float = Field(0.0, ge=0)
+    simgcd_new_classes: int | None = Field(None, ge=1)
+    simgcd_memax_weight: float = Field(2.0, ge=0)  # eps (SimGCD: 2)
+    simgcd_teacher_temp: tuple[float, float] = (0.07, 0.04)  # warm-up start, end (SimGCD)
+    simgcd_teacher_warmup: float = Field(0.15, ge=0, le=1)  # share of epochs (SimGCD: 30/200)
 
     @property
     def trains_unknowns(self) -> bool:
@@ -117,6 +128,15 @@ class SupervisedOptions(OreOptions):
     def uses_pool(self) -> bool:
         """Whether training draws pool batches (auto-labelled unknowns, GCD's views)."""
         return self.trains_unknowns or self.gcd_weight > 0
+
+    @model_validator(mode="after")
+    def _simgcd_needs_views(self):
+        if self.simgcd_weight > 0 and self.gcd_weight == 0:
+            raise ValueError(
+                "simgcd_weight trains on GCD's two views of every image: set gcd_weight > 0 "
+                "(e.g. 1.0) or simgcd_weight: 0"
+            )
+        return self
 
     @field_validator("energy_margins")
     @classmethod
@@ -156,6 +176,9 @@ class SupervisedModule(L.LightningModule):
             self.register_buffer("mean", mean, persistent=False)
             self.register_buffer("std", std, persistent=False)
             self.projector = simclr_head(model.feature_dim, opts.gcd_hidden_dim, opts.gcd_proj_dim)
+        if opts.simgcd_weight > 0:  # known + new prototypes, thrown away after the stage
+            new = opts.simgcd_new_classes or num_known
+            self.prototype_head = PrototypeHead(model.feature_dim, num_known + new)
         self.train_acc = MulticlassAccuracy(model.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(model.num_classes, average="micro")
         self.mixup_alpha = 0.0  # set per epoch by progressive learning
@@ -196,9 +219,10 @@ class SupervisedModule(L.LightningModule):
         )
 
     def _gcd_step(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """GCD's loss on two colour-jittered views of the labelled and the pool images, one
-        backbone pass over all of them (BatchNorm sees the whole batch): (loss, the labelled
-        images' first-view features [L, D], their labels [L], the pool's first view)."""
+        """GCD's loss (and SimGCD's, if on) on two colour-jittered views of the labelled and the
+        pool images, one backbone pass over all of them (BatchNorm sees the whole batch):
+        (gcd_weight * GCD + simgcd_weight * SimGCD, the labelled images' first-view features
+        [L, D], their labels [L], the pool's first view)."""
         o = self.opts
         xl1, xl2, y, _ = batch["labelled"]
         xu1, xu2, _, _ = batch["pool"]
@@ -212,7 +236,21 @@ class SupervisedModule(L.LightningModule):
         sup = supcon_loss(z[:nl], z[n : n + nl], y, o.gcd_sup_temperature)
         self.log("train_unsup_loss", unsup, on_epoch=True, on_step=False)
         self.log("train_sup_loss", sup, on_epoch=True, on_step=False)
-        loss = (1 - o.gcd_sup_weight) * unsup + o.gcd_sup_weight * sup
+        loss = o.gcd_weight * ((1 - o.gcd_sup_weight) * unsup + o.gcd_sup_weight * sup)
+        if o.simgcd_weight > 0:  # SimGCD's prototypes on the same views
+            logits = self.prototype_head(features)  # [2N, K]
+            temp = teacher_temperature(
+                self.current_epoch,
+                self.trainer.max_epochs,
+                o.simgcd_teacher_warmup,
+                *o.simgcd_teacher_temp,
+            )
+            cls, parts = simgcd_loss(
+                logits[:n], logits[n:], y, nl, temp, o.gcd_sup_weight, o.simgcd_memax_weight
+            )
+            for name, value in parts.items():
+                self.log(f"train_simgcd_{name}", value, on_epoch=True, on_step=False)
+            loss = loss + o.simgcd_weight * cls
         return loss, features[:nl], y, views[1]
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -221,7 +259,7 @@ class SupervisedModule(L.LightningModule):
             gcd, features, y, xu = self._gcd_step(batch)
             logits = self.model.forward_head(features)
             loss = F.cross_entropy(logits, y, label_smoothing=o.label_smoothing)
-            loss = loss + o.gcd_weight * gcd
+            loss = loss + gcd
         else:
             x, y, _ = batch["labelled"] if isinstance(batch, dict) else batch
             if self.mixup_alpha > 0:  # y keeps the larger share λ >= 0.5
