@@ -44,6 +44,15 @@ def pool_is_new(data, index: np.ndarray, known: list[str]) -> torch.Tensor:
     return torch.tensor([Path(os.path.realpath(paths[i])).parent.name not in known for i in index])
 
 
+def link_truth(data, index: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Own folders: the class of each unlabelled photo `index` [P] from its link's target folder
+    (evaluation only), numbered as the run's known classes `names`, then the others by name:
+    (truth [P], every class name in that order)."""
+    where = [Path(os.path.realpath(data.train.paths[i])).parent.name for i in index]
+    order = list(names) + sorted(set(where) - set(names))
+    return np.array([order.index(c) for c in where]), order
+
+
 def open_own_run(doc: str):
     """(args, the run's context) from the command line `RUN_DIR [--known ...]` (also
     `pool_accuracy.py`'s)."""

@@ -17,11 +17,8 @@ among those the detector flagged and among those that joined (`join_pool`).
 from __future__ import annotations
 
 import csv
-import os
-from pathlib import Path
 
-import numpy as np
-from pick_detector import open_own_run  # (benchmarks/, the script's folder)
+from pick_detector import link_truth, open_own_run  # (benchmarks/, the script's folder)
 
 from uniframework.discover.metrics import gcd_accuracy
 from uniframework.openset.detector import Detector
@@ -37,10 +34,7 @@ def main() -> None:
     view = data.view("unlabelled")
     index = extract(ctx.load_classifier("supervised")[0], data.loader(view))
     paths = [str(data.train.paths[i]) for i in index["index"].numpy()]
-    # truth: known classes by the run's order, then the others by name
-    where = [Path(os.path.realpath(f)).parent.name for f in paths]
-    new_names = sorted(set(where) - set(names))
-    truth = np.array([(names + new_names).index(c) for c in where])
+    truth, _ = link_truth(data, index["index"].numpy(), names)
     # discover: the pool's groups, the rest in the supervised model's known class
     pred = index["logits"][:, :k].argmax(1).numpy()
     with open(args.run_dir / "discover" / "groups.csv") as f:

@@ -110,6 +110,8 @@ def test_a_run_trains_the_prototypes_and_throws_them_away(tmp_path):
     assert all(0 <= m <= math.log(10) + 1e-4 for m in memax)  # 5 known + 5 new prototypes
     state, _ = load_weights(tmp_path / "checkpoints/supervised.safetensors")
     assert not any("prototype_head" in key for key in state)
+    kept, meta = load_weights(tmp_path / "checkpoints/supervised_simgcd.safetensors")
+    assert kept["prototypes"].shape[0] == 10 and meta["num_known"] == 5  # for diagnostics
 
 
 def test_simgcd_without_the_views_is_refused():

@@ -1,7 +1,9 @@
 """The `supervised` stage: train on the known labelled split, keep the best weights, score them.
 
 Writes `checkpoints/supervised/{last,best}.ckpt` (Lightning, for resume) and
-`checkpoints/supervised.safetensors` (the classifier, for every later stage and `predict`).
+`checkpoints/supervised.safetensors` (the classifier, for every later stage and `predict`);
+with `simgcd_weight`, also `checkpoints/supervised_simgcd.safetensors` (SimGCD's prototypes,
+which no later stage reads; `benchmarks/simgcd_pool.py` measures them).
 """
 
 from __future__ import annotations
@@ -124,6 +126,12 @@ class SupervisedStage:
             save_weights(
                 ctx.run_dir / "checkpoints" / "supervised_prototypes.safetensors",
                 {"prototypes": module.prototypes},
+                {"num_known": k},
+            )
+        if hasattr(module, "prototype_head"):  # SimGCD's prototypes, for diagnostics only
+            save_weights(
+                ctx.run_dir / "checkpoints" / "supervised_simgcd.safetensors",
+                {"prototypes": module.prototype_head.weight.detach()},
                 {"num_known": k},
             )
         test = extract(model, data.loader(data.view("test_known")))
