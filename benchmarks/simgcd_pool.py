@@ -27,6 +27,8 @@ def main() -> None:
     args, ctx = open_own_run(__doc__)
     data, k = ctx.data, ctx.data.split.num_known
     names = list(data.class_names[:k])
+    if sorted(names) != sorted(args.known.split(",")):
+        raise SystemExit(f"the run's known classes are {names}, not --known {args.known}")
     state, _ = load_weights(args.run_dir / "checkpoints" / "supervised_simgcd.safetensors")
     pool = extract(ctx.load_classifier("supervised")[0], data.loader(data.view("unlabelled")))
     cosine = F.normalize(pool["features"], dim=1) @ F.normalize(state["prototypes"], dim=1).T
@@ -43,6 +45,8 @@ def main() -> None:
     print(f"{'class':<12}{'on new':>8}  supervised classifier's call: " + " ".join(names))
     for c, name in enumerate(order):
         mine = truth == c
+        if not mine.any():  # a known class with no unlabelled photo
+            continue
         calls = np.bincount(known[mine], minlength=k) / mine.sum()
         row = " ".join(f"{v:.2f}" for v in calls)
         print(f"{name:<12}{(pred[mine] >= k).mean():>8.3f}  {row}")

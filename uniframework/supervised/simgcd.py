@@ -22,7 +22,7 @@ regulariser over both views of the whole batch.
 
 What differs, and why:
 - the teacher's warm-up: official 30 of 200 epochs; here the same share of the stage's epochs
-  (`teacher_warmup` 0.15), since a 30-epoch stage would otherwise never reach 0.04;
+  (`teacher_warmup` 0.15), since in a 30-epoch stage 0.04 would come only at the last epoch;
 - K: SimGCD is given the class count. A person's folders do not tell it, so the number of new
   prototypes is a prior (`simgcd_new_classes`; None = as many as the known classes); the
   discover stage still estimates the count on the learned features, and the prototypes are
