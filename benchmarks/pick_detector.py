@@ -53,6 +53,14 @@ def link_truth(data, index: np.ndarray, names: list[str]) -> tuple[np.ndarray, l
     return np.array([order.index(c) for c in where]), order
 
 
+def known_names(args, ctx) -> list[str]:
+    """The run's known class names, in its order; a `--known` that differs stops the script."""
+    names = list(ctx.data.class_names[: ctx.data.split.num_known])
+    if sorted(names) != sorted(args.known.split(",")):
+        raise SystemExit(f"the run's known classes are {names}, not --known {args.known}")
+    return names
+
+
 def open_own_run(doc: str):
     """(args, the run's context) from the command line `RUN_DIR [--known ...]` (also
     `pool_accuracy.py`'s)."""

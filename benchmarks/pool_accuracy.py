@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 
-from pick_detector import link_truth, open_own_run  # (benchmarks/, the script's folder)
+from pick_detector import known_names, link_truth, open_own_run  # (benchmarks/)
 
 from uniframework.discover.metrics import gcd_accuracy
 from uniframework.openset.detector import Detector
@@ -28,9 +28,7 @@ from uniframework.training import extract
 def main() -> None:
     args, ctx = open_own_run(__doc__)
     data, k = ctx.data, ctx.data.split.num_known
-    names = list(data.class_names[:k])
-    if sorted(names) != sorted(args.known.split(",")):
-        raise SystemExit(f"the run's known classes are {names}, not --known {args.known}")
+    names = known_names(args, ctx)
     view = data.view("unlabelled")
     index = extract(ctx.load_classifier("supervised")[0], data.loader(view))
     paths = [str(data.train.paths[i]) for i in index["index"].numpy()]

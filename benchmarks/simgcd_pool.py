@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pick_detector import link_truth, open_own_run  # (benchmarks/, the script's folder)
+from pick_detector import known_names, link_truth, open_own_run  # (benchmarks/)
 
 from uniframework.discover.metrics import gcd_accuracy
 from uniframework.io import load_weights
@@ -26,9 +26,7 @@ from uniframework.training import extract
 def main() -> None:
     args, ctx = open_own_run(__doc__)
     data, k = ctx.data, ctx.data.split.num_known
-    names = list(data.class_names[:k])
-    if sorted(names) != sorted(args.known.split(",")):
-        raise SystemExit(f"the run's known classes are {names}, not --known {args.known}")
+    names = known_names(args, ctx)
     state, _ = load_weights(args.run_dir / "checkpoints" / "supervised_simgcd.safetensors")
     pool = extract(ctx.load_classifier("supervised")[0], data.loader(data.view("unlabelled")))
     cosine = F.normalize(pool["features"], dim=1) @ F.normalize(state["prototypes"], dim=1).T
