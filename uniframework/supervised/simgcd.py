@@ -39,6 +39,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..discover.module import soft_cross_entropy
+from ..pretrain.ibot_loss import teacher_temp_schedule
+
 
 class PrototypeHead(nn.Module):
     """Cosine classifier: features [N, D] -> logits [N, K] = normalised features against
@@ -57,11 +60,9 @@ def teacher_temperature(
     epoch: int, epochs: int, warmup: float, start: float = 0.07, end: float = 0.04
 ) -> float:
     """The teacher's temperature at `epoch` (0-based): linear from `start` to `end` over the
-    first round(warmup * epochs) epochs (official: np.linspace over 30 epochs), then `end`."""
-    n = max(1, round(warmup * epochs))
-    if epoch >= n - 1:
-        return end
-    return start + (end - start) * epoch / (n - 1)
+    first round(warmup * epochs) epochs (official: np.linspace over 30 epochs), then `end`
+    (iBOT's schedule, the same linspace)."""
+    return teacher_temp_schedule(epoch, start, end, round(warmup * epochs))
 
 
 def self_distillation_loss(
@@ -71,8 +72,10 @@ def self_distillation_loss(
     log-softmax at `student_temp` against the other view's softmax at `teacher_temp` (no
     gradient through the target); mean over the images, then over the two directions."""
     t1, t2 = (F.softmax(x.detach() / teacher_temp, dim=1) for x in (logits1, logits2))
-    s1, s2 = (F.log_softmax(x / student_temp, dim=1) for x in (logits1, logits2))
-    return 0.5 * (-(t2 * s1).sum(1).mean() - (t1 * s2).sum(1).mean())
+    return 0.5 * (
+        soft_cross_entropy(logits1 / student_temp, t2)
+        + soft_cross_entropy(logits2 / student_temp, t1)
+    )
 
 
 def mean_entropy_gap(logits: torch.Tensor, student_temp: float = 0.1) -> torch.Tensor:
