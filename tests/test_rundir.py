@@ -119,3 +119,24 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     )
     assert "not a run directory" in capsys.readouterr().err
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_a_run_written_before_an_option_existed_is_reused(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["run", "configs/demo-novel.yaml", *TWO_STAGES, "--out", str(out)]
+    assert main(base) == 0
+    before = _files(out)
+    # the saved config of an older version: an option (at its default now) did not exist yet
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["stages"][0]["supervised"]["simgcd_weight"]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    capsys.readouterr()
+    assert main(base) == 0  # absent there, at its default now: no change, the stages skipped
+    assert json.loads((out / "metrics.json").read_bytes()) == json.loads(before["metrics.json"])
+
+    # a saved option that today's code no longer knows is still a difference
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    saved["stages"][0]["supervised"]["gone_option"] = 1
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    assert main(base) == 2
+    assert "stages.supervised.gone_option: 1 -> (absent)" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 import yaml
+from pydantic import ValidationError
 
 from .config import Config, ModelConfig, load_config, renamed_keys
 from .data import OpenWorldData
@@ -114,7 +115,7 @@ def check_reuse(
 ) -> None:
     """Refuse (UserError) to reuse `run_dir` when the config change touches a stage that has
     finished or started and `restart_from` does not redo it."""
-    changes = config_changes(old, new)
+    changes = config_changes(with_defaults(old), new)
     if not changes:
         return
     first = min(c[3] for c in changes)
@@ -143,6 +144,16 @@ def check_reuse(
         + "\nNothing was changed. Ways out:\n"
         + "\n".join(ways)
     )
+
+
+def with_defaults(tree: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with every default of today's code filled in, so that an option added
+    since the run was written (absent there, at its default now) is no change. A saved config
+    that no longer validates (an option since removed) is compared as it is."""
+    try:
+        return Config.model_validate(tree).to_dict()
+    except (ValidationError, UserError):
+        return tree
 
 
 def _show(value: Any) -> str:
