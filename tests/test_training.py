@@ -1,13 +1,20 @@
 """training.ChannelsLast (`trainer.channels_last`): NHWC while fitting, NCHW after;
 training.Compile (`trainer.compile`): the backbones compiled for the fit, eager after;
-`trainer.precision: bf16-mixed` on a CPU; training.AttentionPath (`trainer.attention`)."""
+`trainer.precision: bf16-mixed` on a CPU; training.AttentionPath (`trainer.attention`);
+training.planned_epochs."""
 
 import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from uniframework.training import AttentionPath, ChannelsLast, Compile, compile_targets
+from uniframework.training import (
+    AttentionPath,
+    ChannelsLast,
+    Compile,
+    compile_targets,
+    planned_epochs,
+)
 
 
 class _Net(L.LightningModule):
@@ -180,3 +187,30 @@ def test_both_attention_paths_compute_the_same_thing():
         (grad,) = torch.autograd.grad(y.square().sum(), x)
         out[fused] = (y.detach(), grad)
     torch.testing.assert_close(out[True], out[False])
+
+
+class _Planned(L.Callback):
+    def on_train_start(self, trainer, pl_module):
+        pl_module.planned = planned_epochs(trainer)
+
+
+@pytest.mark.parametrize(
+    ("max_steps", "accumulate", "expected"),
+    [(-1, 1, 10), (6, 1, 2), (6, 2, 3), (7, 2, 4), (100, 1, 10)],
+)
+def test_planned_epochs_counts_the_epochs_max_steps_leaves(max_steps, accumulate, expected):
+    net = _Net()
+    loader = DataLoader(TensorDataset(torch.randn(8, 3, 6, 6)), batch_size=2)  # 4 batches
+    trainer = L.Trainer(
+        max_epochs=10,
+        max_steps=max_steps,
+        accumulate_grad_batches=accumulate,
+        callbacks=[_Planned()],
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(net, loader)
+    assert net.planned == expected == trainer.current_epoch  # the epochs the fit really ran

@@ -230,6 +230,17 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def planned_epochs(trainer: L.Trainer) -> int:
+    """The epochs a fit will run: `max_epochs`, or fewer when `max_steps` ends it first (an
+    epoch is ceil(batches / accumulate_grad_batches) optimizer steps)."""
+    epochs = trainer.max_epochs
+    batches = trainer.num_training_batches
+    if trainer.max_steps > 0 and math.isfinite(batches) and batches > 0:
+        per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+        epochs = min(epochs, math.ceil(trainer.max_steps / per_epoch))
+    return max(1, epochs)
+
+
 @torch.no_grad()
 def extract(
     model: torch.nn.Module, loader: DataLoader, device: torch.device | str = "cpu"

@@ -42,7 +42,7 @@ from ..discover.gcd import info_nce_loss, simclr_head, supcon_loss
 from ..errors import UserError
 from ..models import Classifier
 from ..openset.scores import energy_score
-from ..training import warmup_cosine
+from ..training import planned_epochs, warmup_cosine
 from .energy_bounded import energy_margin_loss
 from .ore_options import OreOptions
 from .progressive import ProgressiveOptions, mixup, parse_progressive
@@ -241,7 +241,7 @@ class SupervisedModule(L.LightningModule):
             logits = self.prototype_head(features)  # [2N, K]
             temp = teacher_temperature(
                 self.current_epoch,
-                self.trainer.max_epochs,
+                planned_epochs(self.trainer),  # max_steps may end the run before max_epochs
                 o.simgcd_teacher_warmup,
                 *o.simgcd_teacher_temp,
             )
