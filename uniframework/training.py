@@ -230,6 +230,16 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def from_rank_zero(value):
+    """`value` as rank 0 has it, on every rank when a process group is up (DDP keeps it after
+    `fit`), so that every rank goes on with the same decision; `value` itself otherwise."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
+
+
 def planned_epochs(trainer: L.Trainer) -> int:
     """The epochs a fit will run: `max_epochs`, or fewer when `max_steps` ends it first (an
     epoch is ceil(batches / accumulate_grad_batches) optimizer steps)."""

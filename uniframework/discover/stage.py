@@ -79,7 +79,7 @@ from ..errors import UserError
 from ..io import save_weights, write_json
 from ..models import Classifier, grow_head, shrink_head
 from ..registry import STAGES
-from ..training import extract, fit, make_trainer
+from ..training import extract, fit, from_rank_zero, make_trainer
 from .clustering import (
     assign,
     count_by_consensus,
@@ -207,22 +207,23 @@ def _count(ctx, opts: DiscoverOptions, supervised, pool: dict, k: int, metrics) 
     auto = opts.num_novel == "auto"
     heads = auto and opts.estimate_on == "heads"
     if auto and opts.estimate_on != "supervised":  # method and max_novel: the options
-        model, probe = _counting_run(ctx, opts, supervised, pool, k, heads)
-        if probe is None:
-            return None
+        model, probe = _counting_run(ctx, opts, supervised, pool, k, heads)  # (every rank)
     labelled = None  # (from the over-counting model when there is one)
     if (auto and not heads) or opts.method in ("sskmeans", "gcd"):
         labelled = extract(model, data.loader(data.view("labelled")))
-    if auto:
-        n = _estimate(ctx, opts, pool, labelled, probe, metrics)
+    if auto:  # on rank 0; under DDP every rank then trains the count rank 0 chose
+        n = from_rank_zero(
+            _estimate(ctx, opts, pool, labelled, probe, metrics) if rank_zero_only.rank == 0 else 0
+        )
     metrics["num_novel"] = n
     return Counted(model, n, probe, labelled)
 
 
 def _counting_run(ctx, opts: DiscoverOptions, supervised, pool: dict, k: int, heads: bool):
     """OpenMix / Sinkhorn trained for `estimate_epochs` with `max_novel` novel outputs from
-    k-means centroids (+ one count head per c = 2..max_novel with `heads`): (model, module),
-    module None on ranks > 0. `pool["features"]` become that model's."""
+    k-means centroids (+ one count head per c = 2..max_novel with `heads`): (model, module) on
+    every rank (DDP left them alike), so every rank trains on from the chosen count.
+    `pool["features"]` become that model's."""
     if len(pool["index"]) <= opts.max_novel:
         raise UserError(
             f"stages.discover.estimate_on = {opts.estimate_on} first splits the pool into "
@@ -235,10 +236,9 @@ def _counting_run(ctx, opts: DiscoverOptions, supervised, pool: dict, k: int, he
     index = pool["index"].numpy()
     head_counts = range(2, opts.max_novel + 1) if heads else None
     probe = _train(
-        ctx, opts, model, k, index, opts.estimate_epochs, "discover_estimate", head_counts
+        ctx, opts, model, k, index, opts.estimate_epochs, "discover_estimate", head_counts, True
     )
-    if probe is not None:
-        pool["features"] = extract(model, ctx.data.loader(_pool_view(ctx.data, index)))["features"]
+    pool["features"] = extract(model, ctx.data.loader(_pool_view(ctx.data, index)))["features"]
     return model, probe
 
 
@@ -555,11 +555,20 @@ def _pool_view(data, index, train: bool = False):
 
 
 def _train(
-    ctx, opts, model: Classifier, k: int, pool_index, epochs=None, name="discover", counts=None
+    ctx,
+    opts,
+    model: Classifier,
+    k: int,
+    pool_index,
+    epochs=None,
+    name="discover",
+    counts=None,
+    every_rank=False,
 ):
     """Train OpenMix, the Sinkhorn head or GCD on Lightning (`epochs`: None = the stage's
     max_epochs; checkpoints under `checkpoints/<name>`; `counts`: a count head per candidate
-    count beside it); the trained module, or None on ranks other than 0."""
+    count beside it); the trained module, or None on ranks other than 0 (unless
+    `every_rank`)."""
     from .gcd import GCDModule
     from .openmix import OpenMixModule
     from .uno import UNOModule, two_views
@@ -579,4 +588,4 @@ def _train(
     trainer = make_trainer(cfg.trainer, ctx.run_dir, name, epochs or opts.max_epochs)
     log.info("discover: %s on %d pool images", opts.method, len(pool_index))
     fit(trainer, module, train, None)
-    return module if trainer.is_global_zero else None
+    return module if trainer.is_global_zero or every_rank else None
