@@ -1,7 +1,7 @@
 """training.ChannelsLast (`trainer.channels_last`): NHWC while fitting, NCHW after;
 training.Compile (`trainer.compile`): the backbones compiled for the fit, eager after;
 `trainer.precision: bf16-mixed` on a CPU; training.AttentionPath (`trainer.attention`);
-training.planned_epochs."""
+training.planned_epochs, training.process_count."""
 
 import lightning as L
 import pytest
@@ -14,6 +14,7 @@ from uniframework.training import (
     Compile,
     compile_targets,
     planned_epochs,
+    process_count,
 )
 
 
@@ -214,3 +215,28 @@ def test_planned_epochs_counts_the_epochs_max_steps_leaves(max_steps, accumulate
     )
     trainer.fit(net, loader)
     assert net.planned == expected == trainer.current_epoch  # the epochs the fit really ran
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "devices", "nodes", "gpus", "expected"),
+    [
+        ("cpu", 1, 1, 0, 1),
+        ("cpu", 2, 1, 0, 2),
+        ("cpu", "auto", 1, 4, 1),  # Lightning: one CPU device
+        ("auto", "auto", 1, 0, 1),
+        ("auto", "auto", 1, 4, 4),  # every GPU: DDP although the config says no number
+        ("gpu", -1, 2, 3, 6),
+        ("gpu", [0, 2], 1, 4, 2),
+        ("gpu", "0,1,", 1, 4, 2),
+        ("gpu", "3", 2, 4, 6),
+    ],
+)
+def test_process_count_reads_devices_as_lightning_does(
+    monkeypatch, accelerator, devices, nodes, gpus, expected
+):
+    from uniframework.config import TrainerConfig
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    cfg = TrainerConfig(accelerator=accelerator, devices=devices, num_nodes=nodes)
+    assert process_count(cfg) == expected

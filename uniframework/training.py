@@ -230,6 +230,25 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def process_count(cfg: TrainerConfig) -> int:
+    """How many processes a fit with `cfg` runs: devices per node x nodes, `devices` read as
+    Lightning reads it (a list or "0,1": its length; `auto` / -1: every GPU when the accelerator
+    is a GPU one, or `auto` on a machine with a GPU; else 1)."""
+    devices = cfg.devices
+    gpu = cfg.accelerator in ("gpu", "cuda") or (
+        cfg.accelerator == "auto" and torch.cuda.is_available()
+    )
+    if devices in ("auto", -1, "-1"):
+        per_node = max(1, torch.cuda.device_count()) if gpu else 1
+    elif isinstance(devices, list):
+        per_node = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        per_node = len([d for d in devices.split(",") if d.strip()])
+    else:
+        per_node = int(devices)
+    return per_node * cfg.num_nodes
+
+
 def from_rank_zero(value):
     """`value` as rank 0 has it, on every rank when a process group is up (DDP keeps it after
     `fit`), so that every rank goes on with the same decision; `value` itself otherwise."""

@@ -79,7 +79,7 @@ from ..errors import UserError
 from ..io import save_weights, write_json
 from ..models import Classifier, grow_head, shrink_head
 from ..registry import STAGES
-from ..training import extract, fit, from_rank_zero, make_trainer
+from ..training import extract, fit, from_rank_zero, make_trainer, process_count
 from .clustering import (
     assign,
     count_by_consensus,
@@ -109,8 +109,7 @@ class DiscoverStage:
         """Select the pool -> count -> train -> assign -> evaluate -> save; {} on ranks > 0."""
         data, k = ctx.data, ctx.data.split.num_known
         opts = options_for(opts, data)
-        t = ctx.cfg.trainer
-        if opts.join_rounds > 1 and (t.devices not in (1, "auto", [0]) or t.num_nodes > 1):
+        if opts.join_rounds > 1 and process_count(ctx.cfg.trainer) > 1:
             raise UserError(  # the further rounds train on rank 0 alone, after the other ranks
                 "stages.discover.join_rounds > 1 trains on one process: set trainer.devices=1, "
                 "or join_rounds: 1"
