@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from . import console
 from .config import TrainerConfig
+from .errors import UserError
 from .io import AtomicCheckpointIO
 from .tracking import stage_logger
 
@@ -244,30 +245,35 @@ def process_count(cfg: TrainerConfig) -> int:
         per_node = len(devices)
     elif isinstance(devices, str) and "," in devices:
         per_node = len([d for d in devices.split(",") if d.strip()])
+    elif isinstance(devices, str) and not devices.strip().isdigit():
+        raise UserError(
+            f"trainer.devices = {devices!r}: give a number, a list of device indices, or auto"
+        )
     else:
         per_node = int(devices)
     return per_node * cfg.num_nodes
 
 
-def from_rank_zero(value):
-    """`value` as rank 0 has it, on every rank when a process group is up (DDP keeps it after
-    `fit`), so that every rank goes on with the same decision; `value` itself otherwise."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        box = [value]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-    return value
+def from_rank_zero(compute):
+    """`compute()` as rank 0 computes it, on every rank when a process group is up (DDP keeps it
+    after `fit`), so that every rank goes on with the same decision; without a group (one
+    process, or a rank whose first fit is still to come) each process computes it itself."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return compute()
+    box = [compute() if torch.distributed.get_rank() == 0 else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def planned_epochs(trainer: L.Trainer) -> int:
     """The epochs a fit will run: `max_epochs`, or fewer when `max_steps` ends it first (an
     epoch is ceil(batches / accumulate_grad_batches) optimizer steps)."""
-    epochs = trainer.max_epochs
+    epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else math.inf
     batches = trainer.num_training_batches
     if trainer.max_steps > 0 and math.isfinite(batches) and batches > 0:
         per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
         epochs = min(epochs, math.ceil(trainer.max_steps / per_epoch))
-    return max(1, epochs)
+    return max(1, epochs) if math.isfinite(epochs) else 1
 
 
 @torch.no_grad()

@@ -161,6 +161,9 @@ class GCDModule(DiscoverModule):
         hidden = int(getattr(opts, "gcd_hidden_dim", 512))
         out = int(getattr(opts, "gcd_proj_dim", 256))
         self.projector = ProjectionHead(model.feature_dim, hidden, out)
+        # GCD's losses never read the classifier's head (the fit ends with a new one over the
+        # cluster centres): frozen, so DDP does not wait for its gradients
+        model.head.requires_grad_(False)
 
     def losses(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(total, unsupervised, supervised) loss of a batch."""

@@ -117,8 +117,6 @@ class DiscoverStage:
         supervised, pool_all, keep, metrics = _select(ctx, opts, k)
         pool = {key: v[keep] for key, v in pool_all.items()}
         counted = _count(ctx, opts, supervised, pool, k, metrics)
-        if counted is None:
-            return {}  # not rank 0
         trained = _train_groups(ctx, opts, supervised, pool, k, counted)
         if trained is None or rank_zero_only.rank != 0:
             return {}
@@ -191,17 +189,16 @@ class Counted:
     labelled: dict | None = None
 
 
-def _count(ctx, opts: DiscoverOptions, supervised, pool: dict, k: int, metrics) -> Counted | None:
+def _count(ctx, opts: DiscoverOptions, supervised, pool: dict, k: int, metrics) -> Counted:
     """The representation the count reads (GCD's fine-tuning, or the counting run of
     `estimate_on`), then the count `n` (given, the truth, or estimated); `pool["features"]`
-    follow the model. None on ranks > 0 after a training."""
+    follow the model. Every rank returns it (under DDP, with rank 0's count)."""
     data = ctx.data
     n = opts.num_novel if isinstance(opts.num_novel, int) else len(data.split.novel)
     model, probe = supervised, None
     if opts.method == "gcd":  # learn the representation first; it needs no class count
-        model = shrink_head(supervised, k)
-        if _train(ctx, opts, model, k, pool["index"].numpy()) is None:
-            return None
+        model = shrink_head(supervised, k)  # (every rank goes on to the count)
+        _train(ctx, opts, model, k, pool["index"].numpy(), every_rank=True)
         pool["features"] = extract(model, data.loader(_pool_view(data, pool["index"])))["features"]
     auto = opts.num_novel == "auto"
     heads = auto and opts.estimate_on == "heads"
@@ -210,10 +207,8 @@ def _count(ctx, opts: DiscoverOptions, supervised, pool: dict, k: int, metrics) 
     labelled = None  # (from the over-counting model when there is one)
     if (auto and not heads) or opts.method in ("sskmeans", "gcd"):
         labelled = extract(model, data.loader(data.view("labelled")))
-    if auto:  # on rank 0; under DDP every rank then trains the count rank 0 chose
-        n = from_rank_zero(
-            _estimate(ctx, opts, pool, labelled, probe, metrics) if rank_zero_only.rank == 0 else 0
-        )
+    if auto:  # under DDP every rank goes on with the count rank 0 chose
+        n = from_rank_zero(lambda: _estimate(ctx, opts, pool, labelled, probe, metrics))
     metrics["num_novel"] = n
     return Counted(model, n, probe, labelled)
 
@@ -325,7 +320,7 @@ def _join_rounds(ctx, opts, model: Classifier, pool_all: dict, keep: torch.Tenso
     split also the widened pool's novel fraction and `joined_novel_fraction` (evaluation)."""
     flagged, pool = keep, None
     for r in range(opts.join_rounds):
-        if r:  # (rank 0 only, like the rest of the stage after the counting run)
+        if r:  # (rank 0 only, like the rest of the stage after the groups' training)
             index = pool_all["index"][keep].numpy()  # dataset indices of the widened pool
             _train(ctx, opts, model, k, index, name=f"discover_join{r}")
         keep, pool = _join(ctx, model, pool_all, keep, k, opts.join_keep)
