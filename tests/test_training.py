@@ -196,14 +196,16 @@ class _Planned(L.Callback):
 
 
 @pytest.mark.parametrize(
-    ("max_steps", "accumulate", "expected"),
-    [(-1, 1, 10), (6, 1, 2), (6, 2, 3), (7, 2, 4), (100, 1, 10)],
+    ("max_epochs", "max_steps", "accumulate", "expected"),
+    [(10, -1, 1, 10), (10, 6, 1, 2), (10, 6, 2, 3), (10, 7, 2, 4), (10, 100, 1, 10), (-1, 6, 1, 2)],
 )
-def test_planned_epochs_counts_the_epochs_max_steps_leaves(max_steps, accumulate, expected):
+def test_planned_epochs_counts_the_epochs_max_steps_leaves(
+    max_epochs, max_steps, accumulate, expected
+):
     net = _Net()
     loader = DataLoader(TensorDataset(torch.randn(8, 3, 6, 6)), batch_size=2)  # 4 batches
     trainer = L.Trainer(
-        max_epochs=10,
+        max_epochs=max_epochs,
         max_steps=max_steps,
         accumulate_grad_batches=accumulate,
         callbacks=[_Planned()],
@@ -240,3 +242,11 @@ def test_process_count_reads_devices_as_lightning_does(
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     cfg = TrainerConfig(accelerator=accelerator, devices=devices, num_nodes=nodes)
     assert process_count(cfg) == expected
+
+
+def test_process_count_refuses_devices_it_cannot_read():
+    from uniframework.config import TrainerConfig
+    from uniframework.errors import UserError
+
+    with pytest.raises(UserError, match="trainer.devices = 'two'"):
+        process_count(TrainerConfig(accelerator="cpu", devices="two"))
