@@ -14,6 +14,15 @@ SHARED = ["configs", "docs"]
 # What a run writes in its working directory; the checkout's copies must survive the suite.
 RUN_OUTPUT = ["runs", "lightning_logs", "mlruns", "mlflow.db"]
 
+# Under pytest-xdist (`pytest -n N`, as `make test` runs) each worker takes its share of the
+# cores, so N workers do not each start a thread per core; processes the tests start inherit it.
+# (A preset OMP_NUM_THREADS is left to rule both.)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    _THREADS = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    torch.set_num_threads(_THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+
 # Small, quick and deterministic: 8 px digits, a 1.2 M-parameter ResNet, 3 epochs.
 TINY = [
     "data.dataset=digits",
