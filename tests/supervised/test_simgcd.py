@@ -129,7 +129,9 @@ def test_the_step_adds_the_weighted_losses_on_the_right_views(
     opts = sm.SupervisedOptions(gcd_weight=gcd_weight, simgcd_weight=simgcd_weight)
     module = sm.SupervisedModule(model, opts, 3, ([0.5] * 3, [0.25] * 3))
     module.log = lambda *a, **k: None
-    module._trainer = type("T", (), {"max_epochs": 10, "current_epoch": 0})()  # epoch 0: 0.07
+    module._trainer = type(  # epoch 0 of 10: teacher 0.07
+        "T", (), {"max_epochs": 10, "max_steps": -1, "num_training_batches": 4, "current_epoch": 0}
+    )()
     module.prototype_head = PrototypeHead(model.feature_dim, 6)  # (also when simgcd is off)
     xl1, xl2, xu1, xu2 = torch.randn(4, 4, 3, 16, 16)
     y = torch.tensor([0, 1, 2, 0])
